@@ -1,0 +1,1 @@
+"""Result-store adapters, one module per store; found by URL scheme (``taskmesh.result``)."""

@@ -1,0 +1,1 @@
+"""Broker adapters, one module per transport; found by URL scheme (``taskmesh.transport``)."""

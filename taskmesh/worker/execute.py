@@ -1,0 +1,374 @@
+"""Running one task message: states, retries, signals, callbacks, and the verdict.
+
+:func:`execute` is the single place a task runs, for workers and for eager
+calls alike. It never raises for anything the task does; it stores the outcome
+and returns a :class:`Verdict` telling the consumer what to do with the
+message: ack it, dead-letter it, or give it back.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import logging
+import time
+import traceback
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskmesh import canvas
+from taskmesh.errors import (
+    EncodeError,
+    Ignore,
+    MaxRetriesExceeded,
+    Reject,
+    Retry,
+    TaskRevoked,
+)
+from taskmesh.result import State, TaskRecord, task_key
+from taskmesh.task import Request
+
+if TYPE_CHECKING:
+    from taskmesh.app import TaskMesh
+    from taskmesh.protocol import Envelope
+    from taskmesh.task import Task
+
+__all__ = ["Action", "Verdict", "execute", "run_eagerly", "store_failure"]
+
+logger = logging.getLogger(__name__)
+
+_REPR_LIMIT = 200
+
+
+class Action(enum.Enum):
+    """What the consumer does with a message after its task ran."""
+
+    ACK = "ack"
+    REJECT = "reject"
+    REQUEUE = "requeue"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one run.
+
+    Attributes:
+        action: Ack, dead-letter or give back the message.
+        reason: Why, for a dead letter.
+        state: The task state stored (or that would be stored).
+        value: The return value on SUCCESS, the exception on FAILURE.
+    """
+
+    action: Action
+    reason: str = ""
+    state: State = State.SUCCESS
+    value: Any = None
+
+
+def truncate(value: Any, limit: int = _REPR_LIMIT) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for logs."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """Return ``module.Class`` of an exception, for storing and rebuilding it."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _json_args(exc: BaseException) -> list[Any] | None:
+    try:
+        json.dumps(list(exc.args))
+    except (TypeError, ValueError):
+        return None
+    return list(exc.args)
+
+
+def _store(app: TaskMesh, task: Task[Any, Any] | None, record: TaskRecord) -> None:
+    if task is not None and task.ignore_result and record.state is not State.FAILURE:
+        return
+    app.result_store().set(
+        task_key(record.task_id),
+        record.to_bytes(),
+        expires_seconds=app.conf.result_expires,
+        notify=record.ready,
+    )
+
+
+def store_failure(
+    app: TaskMesh,
+    envelope_id: str,
+    name: str | None,
+    exc: BaseException,
+    *,
+    state: State = State.FAILURE,
+    retries: int = 0,
+    hostname: str = "",
+) -> None:
+    """Store a final FAILURE (or REVOKED) record for a task, with its traceback."""
+    tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
+    record = TaskRecord(
+        task_id=envelope_id,
+        state=state,
+        result=str(exc),
+        name=name,
+        exc_type=exception_type_name(exc),
+        exc_args=_json_args(exc),
+        traceback=tb or None,
+        retries=retries,
+        date_done=time.time(),
+        worker=hostname or None,
+    )
+    app.result_store().set(
+        task_key(envelope_id),
+        record.to_bytes(),
+        expires_seconds=app.conf.result_expires,
+        notify=True,
+    )
+
+
+def check_arguments(task: Task[Any, Any], envelope: Envelope) -> str | None:
+    """Return why the envelope's arguments do not fit the task's function, or ``None``."""
+    try:
+        signature = inspect.signature(task.fn)
+    except (TypeError, ValueError):
+        return None
+    args = list(envelope.args)
+    if task.bind:
+        args.insert(0, task)
+    try:
+        signature.bind(*args, **envelope.kwargs)
+    except TypeError as exc:
+        return f"arguments do not fit {task.name}{signature}: {exc}"
+    return None
+
+
+def make_request(envelope: Envelope, hostname: str, delivery_count: int, eager: bool) -> Request:
+    """Build ``self.request`` for one run of ``envelope``."""
+    return Request(
+        id=envelope.id,
+        task=envelope.task,
+        args=envelope.args,
+        kwargs=envelope.kwargs,
+        retries=envelope.retries,
+        eta=envelope.eta,
+        expires=envelope.expires,
+        queue=envelope.queue,
+        hostname=hostname,
+        delivery_count=delivery_count,
+        parent_id=envelope.parent_id,
+        root_id=envelope.root_id,
+        group_id=envelope.group_id,
+        headers=envelope.headers,
+        options=envelope.options,
+        is_eager=eager,
+    )
+
+
+def execute(
+    app: TaskMesh,
+    task: Task[Any, Any],
+    envelope: Envelope,
+    *,
+    hostname: str = "",
+    delivery_count: int = 1,
+    eager: bool = False,
+    limits: AbstractContextManager[None] | None = None,
+) -> Verdict:
+    """Run ``envelope`` with ``task`` and store what happened.
+
+    Args:
+        app: The app (result store, publishing retries and callbacks).
+        task: The registered task named by the envelope.
+        envelope: The decoded message.
+        hostname: The worker's name, for ``self.request`` and the record.
+        delivery_count: How many times the broker handed the message out.
+        eager: Run for ``apply`` or eager mode.
+        limits: Entered around the call itself; the consumer's time limits.
+
+    Returns:
+        What to do with the message.
+    """
+    misfit = check_arguments(task, envelope)
+    if misfit is not None:
+        error = TypeError(misfit)
+        store_failure(
+            app, envelope.id, task.name, error, retries=envelope.retries, hostname=hostname
+        )
+        logger.warning("task rejected name=%s id=%s reason=%s", task.name, envelope.id, misfit)
+        return Verdict(Action.REJECT, misfit, State.FAILURE, error)
+    if app.conf.task_track_started and not task.ignore_result:
+        _store(
+            app,
+            task,
+            TaskRecord(
+                envelope.id,
+                State.STARTED,
+                name=task.name,
+                retries=envelope.retries,
+                worker=hostname or None,
+            ),
+        )
+    task.push_request(make_request(envelope, hostname, delivery_count, eager))
+    started = time.perf_counter()
+    try:
+        with limits or nullcontext():
+            value = task(*envelope.args, **envelope.kwargs)
+    except Retry as signal:
+        return _retry(app, task, envelope, signal, hostname)
+    except Reject as signal:
+        return _reject(app, task, envelope, signal, hostname)
+    except Ignore:
+        logger.info("task ignored name=%s id=%s", task.name, envelope.id)
+        return Verdict(Action.ACK, state=State.PENDING)
+    except Exception as exc:  # a task's failure is data, stored below
+        return _failed(app, task, envelope, exc, hostname, started)
+    finally:
+        task.push_request(None)
+    return _succeeded(app, task, envelope, value, hostname, started)
+
+
+def _succeeded(
+    app: TaskMesh,
+    task: Task[Any, Any],
+    envelope: Envelope,
+    value: Any,
+    hostname: str,
+    started: float,
+) -> Verdict:
+    duration_ms = (time.perf_counter() - started) * 1000
+    record = TaskRecord(
+        envelope.id,
+        State.SUCCESS,
+        result=value,
+        name=task.name,
+        retries=envelope.retries,
+        date_done=time.time(),
+        worker=hostname or None,
+    )
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        error = EncodeError(
+            f"Task {task.name} (id {envelope.id}) returned {truncate(value, 80)}, which JSON "
+            f"cannot store: {exc}. Return JSON types, or set ignore_result=True."
+        )
+        return _failed(app, task, envelope, error, hostname, started)
+    _store(app, task, record)
+    logger.info(
+        "task succeeded name=%s id=%s queue=%s duration_ms=%.1f",
+        task.name,
+        envelope.id,
+        envelope.queue,
+        duration_ms,
+    )
+    canvas.after_success(app, envelope, value)
+    return Verdict(Action.ACK, state=State.SUCCESS, value=value)
+
+
+def _failed(
+    app: TaskMesh,
+    task: Task[Any, Any],
+    envelope: Envelope,
+    exc: Exception,
+    hostname: str,
+    started: float,
+) -> Verdict:
+    if task.autoretry_for and isinstance(exc, task.autoretry_for):
+        limit = task.max_retries
+        if limit is None or envelope.retries < limit:
+            countdown = task.retry_countdown(envelope.retries)
+            return _retry(app, task, envelope, Retry("autoretry", exc, countdown), hostname)
+        logger.warning(
+            "task retries exhausted name=%s id=%s retries=%d",
+            task.name,
+            envelope.id,
+            envelope.retries,
+        )
+    duration_ms = (time.perf_counter() - started) * 1000
+    state = State.REVOKED if isinstance(exc, TaskRevoked) else State.FAILURE
+    store_failure(
+        app, envelope.id, task.name, exc, state=state, retries=envelope.retries, hostname=hostname
+    )
+    if isinstance(exc, MaxRetriesExceeded):
+        logger.warning(
+            "task failed name=%s id=%s duration_ms=%.1f error=%s",
+            task.name,
+            envelope.id,
+            duration_ms,
+            exc,
+        )
+    else:
+        logger.error(
+            "task failed name=%s id=%s duration_ms=%.1f error=%s",
+            task.name,
+            envelope.id,
+            duration_ms,
+            truncate(exc),
+            exc_info=exc,
+        )
+    canvas.after_failure(app, envelope, exc)
+    return Verdict(Action.ACK, state=state, value=exc)
+
+
+def _retry(
+    app: TaskMesh, task: Task[Any, Any], envelope: Envelope, signal: Retry, hostname: str
+) -> Verdict:
+    countdown = signal.countdown if signal.countdown is not None else task.default_retry_delay
+    retry_envelope = envelope.replace(
+        retries=envelope.retries + 1,
+        eta=time.time() + countdown if countdown > 0 else None,
+        sent_at=time.time(),
+    )
+    cause = signal.exc if signal.exc is not None else signal
+    record = TaskRecord(
+        envelope.id,
+        State.RETRY,
+        result=str(cause),
+        name=task.name,
+        exc_type=exception_type_name(cause),
+        retries=envelope.retries,
+        worker=hostname or None,
+    )
+    _store(app, task, record)
+    logger.info(
+        "task retry scheduled name=%s id=%s retries=%d countdown_ms=%.0f reason=%s",
+        task.name,
+        envelope.id,
+        envelope.retries + 1,
+        countdown * 1000,
+        truncate(cause, 120),
+    )
+    # Publish the retry before the original is acked: a crash in between runs
+    # the task once more, never zero times.
+    app.publish([retry_envelope])
+    return Verdict(Action.ACK, state=State.RETRY, value=cause)
+
+
+def _reject(
+    app: TaskMesh, task: Task[Any, Any], envelope: Envelope, signal: Reject, hostname: str
+) -> Verdict:
+    if signal.requeue:
+        logger.info("task requeued name=%s id=%s reason=%s", task.name, envelope.id, signal.reason)
+        return Verdict(Action.REQUEUE, signal.reason, State.PENDING)
+    store_failure(app, envelope.id, task.name, signal, retries=envelope.retries, hostname=hostname)
+    logger.warning("task rejected name=%s id=%s reason=%s", task.name, envelope.id, signal.reason)
+    return Verdict(Action.REJECT, signal.reason or "rejected by the task", State.FAILURE, signal)
+
+
+def run_eagerly(app: TaskMesh, envelope: Envelope, raise_errors: bool | None = None) -> Verdict:
+    """Run ``envelope`` in this thread, as ``apply`` and eager mode do.
+
+    Retries run at once (their countdown is not waited for). With
+    ``task_eager_propagates`` (or ``raise_errors``), a final failure raises
+    the task's exception in the caller.
+    """
+    task = app.get_task(envelope.task)
+    verdict = execute(app, task, envelope, hostname="eager", eager=True)
+    propagate = app.conf.task_eager_propagates if raise_errors is None else raise_errors
+    if propagate and verdict.state is State.FAILURE and isinstance(verdict.value, BaseException):
+        raise verdict.value
+    return verdict
