@@ -1,0 +1,59 @@
+"""Integration fixtures: real servers, and one scenario per test and broker.
+
+``scenario`` is parametrized over every broker the project has, so a scenario
+written once runs on each. A broker is added here with its server fixture.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Scenario, scenario_context
+from tests.servers import RedisServer, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests isolate by key prefix and queue."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def _prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+BROKERS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
+]
+
+
+def broker_urls(name: str, request: pytest.FixtureRequest, folder: Path) -> tuple[str, str]:
+    """Return (broker URL, result store URL) for broker ``name``, isolated for one test."""
+    if name == "sqlite":
+        url = f"sqlite:///{folder}/broker.db"
+        return url, url
+    if name == "redis":
+        server: RedisServer = request.getfixturevalue("redis")
+        url = f"{server.url}?key_prefix={_prefix()}"
+        return url, url
+    raise LookupError(f"no broker fixture named {name!r}")
+
+
+@pytest.fixture(params=BROKERS)
+def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Scenario]:
+    """A broker, store and queue for one test, with workers stopped afterwards."""
+    broker, backend = broker_urls(request.param, request, tmp_path)
+    yield from scenario_context(broker, backend, tmp_path)
+
+
+@pytest.fixture
+def sqlite_scenario(tmp_path: Path) -> Iterator[Scenario]:
+    """A scenario on the embedded SQLite broker only."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    yield from scenario_context(url, url, tmp_path)
