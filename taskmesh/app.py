@@ -378,11 +378,15 @@ class TaskMesh:
                     "task sent name=%s id=%s queue=%s", envelope.task, envelope.id, envelope.queue
                 )
 
-    def run_eager(self, envelope: Envelope) -> Any:
-        """Run ``envelope``'s task in this thread, storing its result as a worker would."""
+    def run_eager(self, envelope: Envelope) -> None:
+        """Run ``envelope``'s task in this thread, storing its result as a worker would.
+
+        Raises:
+            Exception: The task's exception, with ``task_eager_propagates``.
+        """
         from taskmesh.worker.execute import run_eagerly
 
-        return run_eagerly(self, envelope)
+        run_eagerly(self, envelope)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
         """Return a handle on task ``task_id``'s result."""

@@ -105,7 +105,7 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    "broker_url": Setting("sqlite://taskmesh.db", _to_str, "Where messages go."),
+    "broker_url": Setting("sqlite:///taskmesh.db", _to_str, "Where messages go."),
     "result_backend": Setting(
         None, _to_optional_str, "Where results go; defaults to the broker URL when it can store."
     ),

@@ -239,10 +239,13 @@ class Task(Generic[P, R]):
     ) -> AsyncResult:
         """Run the task here, as a worker would: states stored, retries run inline.
 
-        Retry countdowns are not waited for. Useful in tests.
+        Retry countdowns are not waited for. A failure is stored, not raised:
+        ``get()`` on the returned result raises it. Useful in tests.
         """
+        from taskmesh.worker.execute import run_eagerly
+
         envelope = self.app.build_envelope(self.name, args, kwargs, **options)
-        self.app.run_eager(envelope)
+        run_eagerly(self.app, envelope, raise_errors=False)
         return AsyncResult(envelope.id, self.app)
 
     # retries -------------------------------------------------------------------

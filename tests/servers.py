@@ -87,15 +87,22 @@ class RedisServer:
             return
         command = [
             binary,
-            "--bind", LOOPBACK,
-            "--port", str(self.port),
-            "--dir", str(self.folder),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--protected-mode", "yes",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "yes",
         ]
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed local binary
+        self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_port(self.port, time.monotonic() + 15, self.process)

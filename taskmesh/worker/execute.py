@@ -59,12 +59,14 @@ class Verdict:
         reason: Why, for a dead letter.
         state: The task state stored (or that would be stored).
         value: The return value on SUCCESS, the exception on FAILURE.
+        retry: The message that runs the task again, on RETRY.
     """
 
     action: Action
     reason: str = ""
     state: State = State.SUCCESS
     value: Any = None
+    retry: Envelope | None = None
 
 
 def truncate(value: Any, limit: int = _REPR_LIMIT) -> str:
@@ -192,6 +194,23 @@ def execute(
     Returns:
         What to do with the message.
     """
+    verdict = _run(app, task, envelope, hostname, delivery_count, eager, limits)
+    if verdict.retry is not None and not eager:
+        # Published before the consumer acks the original: a crash in between
+        # runs the task once more, never zero times.
+        app.publish([verdict.retry])
+    return verdict
+
+
+def _run(
+    app: TaskMesh,
+    task: Task[Any, Any],
+    envelope: Envelope,
+    hostname: str,
+    delivery_count: int,
+    eager: bool,
+    limits: AbstractContextManager[None] | None,
+) -> Verdict:
     misfit = check_arguments(task, envelope)
     if misfit is not None:
         error = TypeError(misfit)
@@ -342,10 +361,7 @@ def _retry(
         countdown * 1000,
         truncate(cause, 120),
     )
-    # Publish the retry before the original is acked: a crash in between runs
-    # the task once more, never zero times.
-    app.publish([retry_envelope])
-    return Verdict(Action.ACK, state=State.RETRY, value=cause)
+    return Verdict(Action.ACK, state=State.RETRY, value=cause, retry=retry_envelope)
 
 
 def _reject(
@@ -368,6 +384,8 @@ def run_eagerly(app: TaskMesh, envelope: Envelope, raise_errors: bool | None = N
     """
     task = app.get_task(envelope.task)
     verdict = execute(app, task, envelope, hostname="eager", eager=True)
+    while verdict.retry is not None:
+        verdict = execute(app, task, verdict.retry, hostname="eager", eager=True)
     propagate = app.conf.task_eager_propagates if raise_errors is None else raise_errors
     if propagate and verdict.state is State.FAILURE and isinstance(verdict.value, BaseException):
         raise verdict.value

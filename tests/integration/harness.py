@@ -122,17 +122,31 @@ class Scenario:
         """Start a worker and wait until its consumers are up."""
         log = self.folder / f"worker-{len(self.workers)}.log"
         command = [
-            sys.executable, "-m", "taskmesh", "-A", "tests.apps.scenario", "worker",
-            "-c", str(concurrency), "-P", pool, "-l", "debug", *args,
+            sys.executable,
+            "-m",
+            "taskmesh",
+            "-A",
+            "tests.apps.scenario",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-P",
+            pool,
+            "-l",
+            "debug",
+            *args,
         ]
         with open(log, "wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=self.env(**env), cwd=ROOT
             )
         worker = WorkerProcess(process, log)
         self.workers.append(worker)
-        wait_until(lambda: "worker ready" in worker.output() or process.poll() is not None,
-                   20, "the worker to start")
+        wait_until(
+            lambda: "worker ready" in worker.output() or process.poll() is not None,
+            20,
+            "the worker to start",
+        )
         if process.poll() is not None:
             raise AssertionError(f"worker exited at start:\n{worker.output()}")
         return worker
