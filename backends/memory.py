@@ -67,7 +67,9 @@ class MemoryResultStore(ResultStore):
     def add_member(self, key: str, member: str, *, expires_seconds: float) -> int:
         """Add ``member`` to the set; return its size."""
         with self._space.cond:
-            members, _ = self._space.sets.get(key, (set(), 0.0))
+            members, expires = self._space.sets.get(key, (set(), 0.0))
+            if expires <= time.time():
+                members = set()  # the set expired: start a fresh one
             members.add(member)
             self._space.sets[key] = (members, time.time() + expires_seconds)
             return len(members)

@@ -93,10 +93,18 @@ class SQLiteResultStore(ResultStore):
         """Insert ``member`` once and count the set, in one transaction."""
         conn = self.conn
         try:
+            now = time.time()
             conn.execute("BEGIN IMMEDIATE")
+            # The set expires as a whole, like a value: an expired one counts as
+            # absent, and each add moves the expiry of every member.
+            conn.execute("DELETE FROM taskmesh_members WHERE key = ? AND expires <= ?", (key, now))
             conn.execute(
                 "INSERT OR IGNORE INTO taskmesh_members (key, member, expires) VALUES (?, ?, ?)",
-                (key, member, time.time() + expires_seconds),
+                (key, member, now + expires_seconds),
+            )
+            conn.execute(
+                "UPDATE taskmesh_members SET expires = ? WHERE key = ?",
+                (now + expires_seconds, key),
             )
             row = conn.execute(
                 "SELECT COUNT(*) FROM taskmesh_members WHERE key = ?", (key,)
