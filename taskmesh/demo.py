@@ -64,13 +64,17 @@ def _progress(done: int, count: int) -> None:
 def _wait_all(results: list[AsyncResult], worker: subprocess.Popen[bytes], limit: float) -> None:
     deadline = time.monotonic() + limit
     pending = list(results)
+    shown = -1
     while pending:
         if worker.poll() is not None:
             raise click.ClickException(f"The worker exited early with status {worker.returncode}.")
         if time.monotonic() > deadline:
             raise click.ClickException(f"{len(pending)} tasks were not done after {limit:.0f} s.")
         pending = [r for r in pending if not r.ready()]
-        _progress(len(results) - len(pending), len(results))
+        done = len(results) - len(pending)
+        if done != shown:
+            _progress(done, len(results))
+            shown = done
         if pending:
             time.sleep(0.05)
     click.echo()
@@ -96,10 +100,12 @@ def run_demo(concurrency: int = 2, path: str | None = None) -> int:
         "-l",
         "warning",
     ]
-    worker = subprocess.Popen(command)  # our own interpreter and arguments
+    # The worker runs in the temporary folder, so a source checkout in the
+    # current folder cannot shadow the installed package.
+    worker = subprocess.Popen(command, cwd=folder)
     try:
         started = time.perf_counter()
-        results = [count_words.delay(str(file)) for file in files]
+        results = [count_words.delay(str(file.resolve())) for file in files]
         _wait_all(results, worker, limit=120)
         counts = [r.get(timeout=10) for r in results]
         grand_total = total.delay(counts).get(timeout=30)
