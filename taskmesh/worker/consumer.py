@@ -37,6 +37,7 @@ from taskmesh.errors import (
     DecodeError,
     NotRegistered,
     SoftTimeLimitExceeded,
+    TaskmeshError,
     TaskRevoked,
     TimeLimitExceeded,
 )
@@ -381,7 +382,13 @@ class Consumer:
         )
         if task_id is not None:
             error = exc or TaskRevoked(reason, task_id=task_id, task_name=name or "")
-            store_failure(self.app, task_id, name, error, hostname=self.hostname)
+            try:
+                store_failure(self.app, task_id, name, error, hostname=self.hostname)
+            except TaskmeshError as store_error:
+                # The dead letter itself must not wait for the result store.
+                logger.warning(
+                    "failure not stored name=%s id=%s error=%s", name, task_id, store_error
+                )
         transport.reject(delivery, reason)
 
     def _expire(self, transport: Transport, delivery: Delivery, envelope: Envelope) -> None:

@@ -7,6 +7,7 @@ retries, dead letters, graceful stop, time limits, expiry and ETAs.
 from __future__ import annotations
 
 import datetime
+import signal
 import threading
 import time
 from collections import Counter
@@ -171,3 +172,22 @@ def test_request_carries_id_queue_and_hostname(scenario: Scenario) -> None:
     assert info["id"] == result.id
     assert info["queue"] == scenario.queue
     assert "@" in info["hostname"]
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_second_sigint_stops_at_once_and_the_task_runs_again_later(
+    scenario: Scenario, pool: str
+) -> None:
+    scenario.settings["broker_lease_seconds"] = 2
+    worker = scenario.start_worker(1, pool)
+    result = scenario.app.send_task("scenario.sleep", [3, "interrupted"])
+    wait_until(lambda: "interrupted" in scenario.lines("sleep-start"), 20, "the task to start")
+    worker.process.send_signal(signal.SIGINT)
+    wait_until(lambda: "worker stopping" in worker.output(), 10, "the graceful stop to begin")
+    worker.process.send_signal(signal.SIGINT)
+    worker.process.wait(10)
+    wait_until(lambda: not worker.children(), 10, "the children to exit")
+    assert scenario.lines("sleep-end") == []
+    scenario.start_worker(1, pool)
+    assert result.get(timeout=30) == 3
+    assert scenario.lines("sleep-start").count("interrupted") == 2
