@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -37,6 +38,21 @@ def configure_logging(level: str) -> None:
     )
 
 
+def _user_traceback(exc: BaseException) -> str:
+    """Format ``exc`` without the frames of importlib and of this module."""
+    summary = traceback.TracebackException.from_exception(exc)
+    summary.stack = traceback.StackSummary.from_list(
+        [
+            frame
+            for frame in summary.stack
+            if not frame.filename.startswith("<frozen")
+            and "importlib" not in frame.filename
+            and frame.filename != __file__
+        ]
+    )
+    return "".join(summary.format()).rstrip()
+
+
 def locate_app(spec: str) -> TaskMesh:
     """Import the app named by ``module[:attr]``.
 
@@ -49,9 +65,18 @@ def locate_app(spec: str) -> TaskMesh:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.UsageError(
-            f"Cannot import {module_name!r} given to -A: {exc}. Run from the folder that "
-            "holds it, or put that folder on PYTHONPATH."
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise click.UsageError(
+                f"Cannot import {module_name!r} given to -A: {exc}. Run from the folder that "
+                "holds it, or put that folder on PYTHONPATH."
+            ) from exc
+        raise click.ClickException(
+            f"Importing {module_name!r} failed:\n{_user_traceback(exc)}"
+        ) from exc
+    except Exception as exc:
+        # The user's own module is broken: show where, as Python would.
+        raise click.ClickException(
+            f"Importing {module_name!r} failed:\n{_user_traceback(exc)}"
         ) from exc
     if attr:
         app = getattr(module, attr, None)

@@ -105,3 +105,15 @@ def test_call_with_arguments_that_are_not_json_says_so(sqlite_scenario: Scenario
     )
     assert done.returncode == 2
     assert "--args is not JSON" in done.stderr
+
+
+def test_app_module_that_fails_on_import_shows_the_users_own_frames(
+    sqlite_scenario: Scenario,
+) -> None:
+    (sqlite_scenario.folder / "broken_app.py").write_text("value = 1 / 0\n")
+    env = sqlite_scenario.env(PYTHONPATH=str(sqlite_scenario.folder))
+    done = taskmesh("-A", "broken_app", "worker", env=env)
+    assert done.returncode == 1
+    assert "Importing 'broken_app' failed" in done.stderr
+    assert "ZeroDivisionError" in done.stderr
+    assert "importlib" not in done.stderr
