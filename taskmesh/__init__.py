@@ -14,8 +14,9 @@ add.delay(2, 3).get(timeout=10)
 from __future__ import annotations
 
 from taskmesh.app import TaskMesh
-from taskmesh.canvas import Signature, signature
+from taskmesh.canvas import Chain, Chord, Group, Signature, chain, chord, group, signature
 from taskmesh.errors import (
+    ChordError,
     ConfigurationError,
     Ignore,
     Reject,
@@ -26,14 +27,19 @@ from taskmesh.errors import (
     TimeLimitExceeded,
     TimeoutError,
 )
-from taskmesh.result import AsyncResult, State
+from taskmesh.result import AsyncResult, GroupResult, State
 from taskmesh.task import Task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncResult",
+    "Chain",
+    "Chord",
+    "ChordError",
     "ConfigurationError",
+    "Group",
+    "GroupResult",
     "Ignore",
     "Reject",
     "Retry",
@@ -47,5 +53,8 @@ __all__ = [
     "TimeLimitExceeded",
     "TimeoutError",
     "__version__",
+    "chain",
+    "chord",
+    "group",
     "signature",
 ]

@@ -17,7 +17,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from taskmesh.urls import mask_url
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
 
-__all__ = ["BACKENDS", "AsyncResult", "ResultStore", "State", "TaskRecord"]
+__all__ = ["BACKENDS", "AsyncResult", "GroupResult", "ResultStore", "State", "TaskRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,9 @@ class AsyncResult:
         parent: The result of the step before, in a chain.
     """
 
-    def __init__(self, id: str, app: TaskMesh, parent: AsyncResult | None = None) -> None:
+    def __init__(
+        self, id: str, app: TaskMesh, parent: AsyncResult | GroupResult | None = None
+    ) -> None:
         self.id = id
         self.app = app
         self.parent = parent
@@ -353,3 +355,121 @@ class AsyncResult:
     def forget(self) -> None:
         """Remove the task's stored state and result."""
         self.app.result_store().delete(task_key(self.id))
+
+
+def group_key(group_id: str) -> str:
+    """Return the store key holding a group's ordered member ids."""
+    return f"group:{group_id}"
+
+
+class GroupResult:
+    """A handle on the results of a group's members, in order.
+
+    Args:
+        id: The group id.
+        results: The members' results, in the group's order.
+        app: The app whose result store holds them.
+        parent: The result of the step before, in a chain.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        results: Sequence[AsyncResult | GroupResult],
+        app: TaskMesh,
+        parent: AsyncResult | GroupResult | None = None,
+    ) -> None:
+        self.id = id
+        self.results = list(results)
+        self.app = app
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} [{len(self.results)} results]>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GroupResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult | GroupResult]:
+        return iter(self.results)
+
+    def _records(self) -> list[TaskRecord]:
+        ids = [result.id for result in self.results]
+        raws = self.app.result_store().get_many([task_key(task_id) for task_id in ids])
+        return [
+            TaskRecord.from_bytes(raw) if raw is not None else TaskRecord(task_id, State.PENDING)
+            for task_id, raw in zip(ids, raws, strict=True)
+        ]
+
+    def ready(self) -> bool:
+        """Whether every member has finished."""
+        return all(record.ready for record in self._records())
+
+    def successful(self) -> bool:
+        """Whether every member finished with SUCCESS."""
+        return all(record.state is State.SUCCESS for record in self._records())
+
+    def failed(self) -> bool:
+        """Whether any member finished with FAILURE."""
+        return any(record.state is State.FAILURE for record in self._records())
+
+    def completed_count(self) -> int:
+        """How many members finished with SUCCESS."""
+        return sum(record.state is State.SUCCESS for record in self._records())
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Wait for every member and return their results in order.
+
+        Args:
+            timeout: Seconds to wait for all of them; ``None`` waits for ever.
+            propagate: Raise the first failed member's exception; otherwise
+                its exception takes its place in the list.
+
+        Raises:
+            TimeoutError: Not every member was ready within ``timeout`` seconds.
+            Exception: A member's exception, with ``propagate``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(result.get(timeout=remaining, propagate=propagate))
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"Group {self.id} was not ready within {timeout} s: "
+                    f"{self.completed_count()} of {len(self.results)} members succeeded."
+                ) from exc
+        return values
+
+    join = get
+
+    def forget(self) -> None:
+        """Remove the members' results and the group's saved member list."""
+        for result in self.results:
+            result.forget()
+        self.app.result_store().delete(group_key(self.id))
+
+    def save(self) -> None:
+        """Store the member ids under the group id, for :meth:`restore` in any process."""
+        data = {"results": [result.id for result in self.results]}
+        self.app.result_store().set(
+            group_key(self.id),
+            json.dumps(data, separators=(",", ":")).encode(),
+            expires_seconds=self.app.conf.result_expires,
+        )
+
+    @classmethod
+    def restore(cls, id: str, app: TaskMesh) -> GroupResult | None:
+        """Return the group saved under ``id`` (every sent group is), or ``None``."""
+        raw = app.result_store().get(group_key(id))
+        if raw is None:
+            return None
+        ids = json.loads(raw)["results"]
+        return cls(id, [AsyncResult(task_id, app) for task_id in ids], app)

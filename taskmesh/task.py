@@ -11,7 +11,7 @@ import datetime
 import functools
 import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
@@ -20,7 +20,7 @@ from taskmesh.result import AsyncResult
 
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
-    from taskmesh.canvas import Signature
+    from taskmesh.canvas import Group, Signature
 
 __all__ = ["Request", "Task", "backoff_delay"]
 
@@ -317,3 +317,31 @@ class Task(Generic[P, R]):
         from taskmesh.canvas import Signature
 
         return Signature(self.name, args or (), kwargs or {}, options=options, app=self.app)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """Return a signature running this task once per item, in one message.
+
+        Its result is the list of the task's results. Immutable: in a chain it
+        ignores the previous step's result.
+        """
+        from taskmesh.canvas import mapped
+
+        return mapped(self.name, items, "map", self.app)
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Signature:
+        """Return a signature running ``task(*item)`` per item, in one message."""
+        from taskmesh.canvas import mapped
+
+        return mapped(self.name, items, "starmap", self.app)
+
+    def chunks(self, items: Iterable[Sequence[Any]], size: int) -> Group:
+        """Return a group of :meth:`starmap` signatures of ``size`` items each.
+
+        Its result is a list of lists, one per chunk.
+
+        Raises:
+            ConfigurationError: ``size`` is not a positive integer.
+        """
+        from taskmesh.canvas import chunks
+
+        return chunks(self.name, items, size, self.app)

@@ -211,7 +211,7 @@ def _run(
     eager: bool,
     limits: AbstractContextManager[None] | None,
 ) -> Verdict:
-    misfit = check_arguments(task, envelope)
+    misfit = None if canvas.is_mapped(envelope) else check_arguments(task, envelope)
     if misfit is not None:
         error = TypeError(misfit)
         store_failure(
@@ -235,7 +235,7 @@ def _run(
     started = time.perf_counter()
     try:
         with limits or nullcontext():
-            value = task(*envelope.args, **envelope.kwargs)
+            value = canvas.call(task, envelope)
     except Retry as signal:
         return _retry(app, task, envelope, signal, hostname)
     except Reject as signal:
