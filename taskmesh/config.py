@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taskmesh.errors import ConfigurationError
 
@@ -68,6 +69,15 @@ def _to_str(value: Any) -> str:
 
 def _to_optional_str(value: Any) -> str | None:
     return None if value is None else _to_str(value)
+
+
+def _to_zone_name(value: Any) -> str:
+    name = _to_str(value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"not an IANA time zone such as 'Europe/Berlin' or 'UTC' ({exc})") from exc
+    return name
 
 
 def _to_str_list(value: Any) -> list[str]:
@@ -137,7 +147,7 @@ SETTINGS: dict[str, Setting] = {
     "worker_prefetch_multiplier": Setting(4, _to_int, "Messages held per slot."),
     "worker_shutdown_timeout": Setting(30.0, _to_float, "Seconds running tasks get at stop."),
     "worker_queues": Setting(None, lambda v: None if v is None else _to_str_list(v), "Queues."),
-    "timezone": Setting("UTC", _to_str, "IANA zone for crontab schedules."),
+    "timezone": Setting("UTC", _to_zone_name, "IANA zone for crontab schedules."),
     "beat_schedule": Setting({}, _to_mapping, "Periodic tasks."),
     "beat_schedule_filename": Setting("taskmesh-beat.db", _to_str, "Beat's state file."),
     "beat_state_url": Setting(None, _to_optional_str, "Store beat state in this store."),
