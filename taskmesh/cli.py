@@ -1,4 +1,4 @@
-"""The ``taskmesh`` command: worker, call, result, purge, demo.
+"""The ``taskmesh`` command: worker, beat, call, result, purge, demo.
 
 ``taskmesh -A proj worker`` imports ``proj`` and uses its ``app``;
 ``-A proj.tasks:application`` names another attribute. The current folder is
@@ -126,6 +126,7 @@ def main(ctx: click.Context, app_spec: str | None) -> None:
     help="Log level.",
 )
 @click.option("-n", "--hostname", help="The worker's name [pid@host].")
+@click.option("-B", "--beat", "embed_beat", is_flag=True, help="Also run beat, in a child process.")
 @click.pass_obj
 def worker(
     obj: _Context,
@@ -134,18 +135,64 @@ def worker(
     queues: str | None,
     loglevel: str,
     hostname: str | None,
+    embed_beat: bool,
 ) -> None:
     """Run tasks from the broker until SIGTERM or Ctrl-C."""
+    from taskmesh.beat.scheduler import spawn_beat_process, stop_beat_process
     from taskmesh.worker import Worker
 
     configure_logging(loglevel)
     app = obj.app
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
-        status = Worker(app, names, concurrency=concurrency, pool=pool, hostname=hostname).run()
+        runner = Worker(app, names, concurrency=concurrency, pool=pool, hostname=hostname)
+        beat_process = spawn_beat_process(app) if embed_beat else None
+        try:
+            status = runner.run()
+        finally:
+            if beat_process is not None:
+                stop_beat_process(beat_process)
     except TaskmeshError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(status)
+
+
+@main.command()
+@click.option("--list", "list_only", is_flag=True, help="Print each entry's next runs and exit.")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Run times per entry with --list.",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(_LEVELS, False),
+    default="info",
+    show_default=True,
+    help="Log level.",
+)
+@click.pass_obj
+def beat(obj: _Context, list_only: bool, count: int, loglevel: str) -> None:
+    """Send the periodic tasks of beat_schedule until SIGTERM or Ctrl-C.
+
+    Several beat processes may run against one state store; one leads and sends.
+    """
+    from taskmesh.beat.scheduler import describe, run_beat
+
+    app = obj.app
+    try:
+        if list_only:
+            for line in describe(app, count):
+                click.echo(line)
+            return
+        configure_logging(loglevel)
+        app.finalize()
+        run_beat(app)
+    except TaskmeshError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _json_option(value: str, what: str, kind: type) -> Any:

@@ -48,7 +48,16 @@ from taskmesh.result import connect_store
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
 
-__all__ = ["Beat", "Entry", "describe", "load_entries", "open_state", "spawn_beat_process"]
+__all__ = [
+    "Beat",
+    "Entry",
+    "describe",
+    "load_entries",
+    "open_state",
+    "run_beat",
+    "spawn_beat_process",
+    "stop_beat_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -392,11 +401,29 @@ def spawn_beat_process(app: TaskMesh) -> BaseProcess:
 
     A child rather than a thread: the prefork supervisor forks new workers
     while it runs, and forking a process that runs a thread can copy a lock
-    that thread holds. Stop it with SIGTERM; it also stops if this process dies.
+    that thread holds. Stop it with :func:`stop_beat_process`; it also stops
+    by itself once this process dies.
+
+    Raises:
+        ConfigurationError: The schedule or zone is invalid (checked here, so
+            the error reaches the command line rather than a child's log).
     """
+    load_zone(app.conf.timezone)
+    load_entries(app.conf.beat_schedule)
     context = multiprocessing.get_context("fork")
     child = context.Process(
         target=_beat_child, args=(app, os.getpid()), name="taskmesh-beat", daemon=False
     )
     child.start()
     return child
+
+
+def stop_beat_process(child: BaseProcess, timeout: float = 10.0) -> None:
+    """Stop a beat child with SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if child.is_alive():
+        child.terminate()
+    child.join(timeout)
+    if child.is_alive():
+        logger.warning("beat child did not stop, killing it pid=%s", child.pid)
+        child.kill()
+        child.join(timeout)
