@@ -103,6 +103,33 @@ def started_at(key: str) -> float:
     return now
 
 
+def body(values: list[Any], key: str) -> list[Any]:
+    """A chord body that records each run and returns what it received."""
+    _record("body", f"{key} {len(values)}")
+    return values
+
+
+def on_error(task_id: str, key: str) -> str:
+    """An error callback that records each call with the failed task's id."""
+    _record("errors", f"{key} {task_id}")
+    return task_id
+
+
+def flaky_value(self: Task[Any, Any], value: int, failures: int) -> int:
+    """Retry ``failures`` times, then return ``value``."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"failure {self.request.retries + 1}"))
+    return value
+
+
+def die_once_value(self: Task[Any, Any], value: int, key: str) -> int:
+    """Kill the worker process on the first delivery, return ``value`` afterwards."""
+    _record("die-once", f"{key} delivery={self.request.delivery_count}")
+    if self.request.delivery_count == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
 TASKS: list[tuple[Callable[..., Any], dict[str, Any]]] = [
     (add, {"name": "scenario.add"}),
     (tsum, {"name": "scenario.tsum"}),
@@ -119,6 +146,18 @@ TASKS: list[tuple[Callable[..., Any], dict[str, Any]]] = [
     (hard_limited, {"name": "scenario.hard_limited", "time_limit": 1.0}),
     (request_info, {"name": "scenario.request_info", "bind": True}),
     (started_at, {"name": "scenario.started_at"}),
+    (body, {"name": "scenario.body"}),
+    (on_error, {"name": "scenario.on_error"}),
+    (
+        flaky_value,
+        {
+            "name": "scenario.flaky_value",
+            "bind": True,
+            "max_retries": 5,
+            "default_retry_delay": 0.05,
+        },
+    ),
+    (die_once_value, {"name": "scenario.die_once_value", "bind": True}),
 ]
 
 
