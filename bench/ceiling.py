@@ -1,0 +1,100 @@
+"""The broker's own ceiling, measured in the same run as the systems.
+
+For Redis: ``redis-benchmark`` for LPUSH and RPOP (its default 50 clients, and
+one client), and redis-py on one connection, one round trip per push and
+pipelined. For SQLite: the ``sqlite3`` module on one file, one committed
+insert per transaction and 1,000 per transaction, with the pragmas the
+taskmesh SQLite broker uses. These are what the client libraries can do with
+no task system around them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["redis_ceiling", "sqlite_ceiling"]
+
+
+def _redis_benchmark(host: str, port: int, clients: int, requests: int) -> dict[str, float]:
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return {}
+    output = subprocess.run(
+        [binary, "-h", host, "-p", str(port), "-c", str(clients), "-n", str(requests),
+         "-t", "lpush,rpop", "--csv"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    rates = {}
+    for row in csv.reader(io.StringIO(output)):
+        if len(row) >= 2 and row[0] in ("LPUSH", "RPOP"):
+            rates[row[0].lower()] = float(row[1])
+    return rates
+
+
+def redis_ceiling(url: str, count: int = 20000) -> dict[str, Any]:
+    """Measure the Redis server at ``url`` with redis-benchmark and redis-py."""
+    import redis
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    out: dict[str, Any] = {}
+    for clients in (50, 1):
+        for op, rate in _redis_benchmark(host, port, clients, count * 5).items():
+            out[f"redis-benchmark {op} c={clients}"] = rate
+    client = redis.Redis.from_url(url)
+    key = f"bench:ceiling:{time.time_ns()}"
+    try:
+        client.ping()
+        started = time.perf_counter()
+        for _ in range(count):
+            client.lpush(key, b"x" * 200)
+        out["redis-py lpush, one round trip each"] = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(count):
+            client.rpop(key)
+        out["redis-py rpop, one round trip each"] = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(count // 1000):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(1000):
+                pipe.lpush(key, b"x" * 200)
+            pipe.execute()
+        out["redis-py lpush, pipelined by 1,000"] = count / (time.perf_counter() - started)
+    finally:
+        client.delete(key)
+        client.close()
+    return out
+
+
+def sqlite_ceiling(count: int = 5000) -> dict[str, Any]:
+    """Measure bare sqlite3 inserts on a fresh file in a temporary folder."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sqlite-") as folder:
+        conn = sqlite3.connect(Path(folder) / "ceiling.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        body = b"x" * 200
+        started = time.perf_counter()
+        for _ in range(count):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (body) VALUES (?)", (body,))
+            conn.execute("COMMIT")
+        out["sqlite3 insert, one transaction each"] = count / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(count * 4 // 1000):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO t (body) VALUES (?)", [(body,)] * 1000)
+            conn.execute("COMMIT")
+        out["sqlite3 insert, 1,000 per transaction"] = count * 4 / (time.perf_counter() - started)
+        conn.close()
+    return out
