@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,3 +127,75 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+AWS_TEST_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+"""Dummy credentials and no profile or metadata look-ups: boto3 in tests and in
+the workers they start can only ever talk to the endpoint a URL names."""
+
+
+@contextlib.contextmanager
+def aws_environment() -> Iterator[None]:
+    """Set :data:`AWS_TEST_ENVIRONMENT` in ``os.environ`` for the block, then restore it."""
+    saved = {name: os.environ.get(name) for name in (*AWS_TEST_ENVIRONMENT, "AWS_PROFILE")}
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(AWS_TEST_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class MotoServer:
+    """moto's server mode (SQS, S3, DynamoDB and more) on loopback."""
+
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> None:
+        try:
+            import moto.server  # noqa: F401 - only checks that moto[server] is installed
+        except ImportError:
+            missing("moto[server]")
+            return
+        command = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        with open(self.folder / "moto.log", "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+            )
+        wait_for_port(self.port, time.monotonic() + 30, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@contextlib.contextmanager
+def moto_server(folder: Path) -> Iterator[MotoServer]:
+    """Run moto's server for the block, with dummy AWS credentials in the environment."""
+    server = MotoServer(free_port(), folder)
+    with aws_environment():
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -13,13 +13,20 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Scenario, scenario_context
-from tests.servers import RedisServer, redis_server
+from tests.servers import MotoServer, RedisServer, moto_server, redis_server
 
 
 @pytest.fixture(scope="session")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests isolate by key prefix and queue."""
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto server (SQS, S3, DynamoDB) for the session, with dummy AWS credentials."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
         yield server
 
 
@@ -30,6 +37,7 @@ def _prefix() -> str:
 BROKERS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("sqs", id="sqs", marks=pytest.mark.sqs),
 ]
 
 
@@ -42,6 +50,11 @@ def broker_urls(name: str, request: pytest.FixtureRequest, folder: Path) -> tupl
         server: RedisServer = request.getfixturevalue("redis")
         url = f"{server.url}?key_prefix={_prefix()}"
         return url, url
+    if name == "sqs":
+        aws: MotoServer = request.getfixturevalue("moto")
+        where = f"region=us-east-1&endpoint_url={aws.endpoint}"
+        tag = uuid.uuid4().hex[:10]
+        return f"sqs://?{where}&queue_prefix=t{tag}-", f"dynamodb://t{tag}?{where}"
     raise LookupError(f"no broker fixture named {name!r}")
 
 
