@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -199,3 +202,182 @@ def moto_server(folder: Path) -> Iterator[MotoServer]:
             yield server
         finally:
             server.stop()
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQ_USER = "rabbitmq"
+
+
+@dataclass
+class RabbitMQServer:
+    """One rabbitmq-server node on loopback, with its own epmd and node folder.
+
+    The node runs as the ``rabbitmq`` user from a folder under ``/tmp`` that the
+    user owns (pytest's own temporary folders are private to root). Its name,
+    AMQP port, distribution port and epmd port are all its own, so several nodes
+    (other test sessions) can run side by side. The management plugin is off.
+    """
+
+    port: int
+    dist_port: int
+    epmd_port: int
+    folder: Path
+    node: str = field(default_factory=lambda: f"tm{uuid.uuid4().hex[:10]}@localhost")
+    settings: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    epmd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{LOOPBACK}:{self.port}/%2F"
+
+    def env(self) -> dict[str, str]:
+        folder = str(self.folder)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=folder,
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            ERL_EPMD_ADDRESS=LOOPBACK,
+            ERL_EPMD_PORT=str(self.epmd_port),
+            RABBITMQ_CONF_ENV_FILE=f"{folder}/rabbitmq-env.conf",
+            RABBITMQ_CONFIG_FILE=f"{folder}/rabbitmq.conf",
+            RABBITMQ_ADVANCED_CONFIG_FILE=f"{folder}/advanced.config",
+            RABBITMQ_ENABLED_PLUGINS_FILE=f"{folder}/enabled_plugins",
+            RABBITMQ_PLUGINS_EXPAND_DIR=f"{folder}/plugins",
+            RABBITMQ_MNESIA_BASE=f"{folder}/mnesia",
+            RABBITMQ_LOG_BASE=f"{folder}/log",
+            RABBITMQ_PID_FILE=f"{folder}/rabbitmq.pid",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+        )
+        return env
+
+    def _write_config(self) -> None:
+        settings = {
+            "listeners.tcp.1": f"{LOOPBACK}:{self.port}",
+            "management.tcp.ip": LOOPBACK,
+            "log.console": "false",
+            "log.file.level": "info",
+            **self.settings,
+        }
+        lines = [f"{key} = {value}" for key, value in settings.items()]
+        (self.folder / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+        (self.folder / "rabbitmq-env.conf").write_text("")
+        (self.folder / "advanced.config").write_text("[].\n")
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        record = pwd.getpwnam(RABBITMQ_USER)
+        for path in [self.folder, *self.folder.rglob("*")]:
+            os.chown(path, record.pw_uid, record.pw_gid)
+
+    def start(self) -> None:
+        epmd = shutil.which("epmd")
+        if not os.path.exists(RABBITMQ_SERVER) or epmd is None:
+            missing("rabbitmq-server")
+            return
+        try:
+            pwd.getpwnam(RABBITMQ_USER)
+        except KeyError:
+            missing("the rabbitmq user")
+            return
+        self._write_config()
+        if self.epmd is None or self.epmd.poll() is not None:
+            self.epmd = subprocess.Popen(
+                [epmd, "-address", LOOPBACK, "-port", str(self.epmd_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                user=RABBITMQ_USER,
+                start_new_session=True,
+            )
+            wait_for_port(self.epmd_port, time.monotonic() + 15, self.epmd)
+        with open(self.folder / "console.log", "ab") as console:
+            self.process = subprocess.Popen(
+                [RABBITMQ_SERVER],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.folder,
+                user=RABBITMQ_USER,
+                start_new_session=True,
+            )
+        self._wait_ready(time.monotonic() + 90)
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Wait until an AMQP connection opens (the port listens before that)."""
+        import pika
+        import pika.exceptions
+
+        params = pika.ConnectionParameters(
+            LOOPBACK,
+            self.port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            connection_attempts=1,
+            socket_timeout=2,
+        )
+        process = self.process
+        if process is None:
+            return
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"rabbitmq-server exited with status {process.returncode}:\n{self.console()}"
+                )
+            try:
+                pika.BlockingConnection(params).close()
+                return
+            except (pika.exceptions.AMQPError, OSError):
+                time.sleep(0.2)
+        raise RuntimeError(f"rabbitmq-server not ready in time:\n{self.console()}")
+
+    def console(self) -> str:
+        path = self.folder / "console.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, timeout=30)
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.epmd is not None:
+            stop_group(self.epmd)
+            self.epmd = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Stop a process started with ``start_new_session`` and what it spawned.
+
+    SIGTERM to the leader first (the rabbitmq-server script turns it into a clean
+    node stop); if the leader does not exit in time, SIGKILL its whole group,
+    which is ours alone since the process leads its own session.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout)
+
+
+@contextlib.contextmanager
+def rabbitmq_server(**settings: str) -> Iterator[RabbitMQServer]:
+    """Run a rabbitmq-server node for the duration of the block."""
+    folder = Path(tempfile.mkdtemp(prefix="taskmesh-rabbitmq-"))
+    server = RabbitMQServer(free_port(), free_port(), free_port(), folder, settings=settings)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Scenario, scenario_context
-from tests.servers import MotoServer, RedisServer, moto_server, redis_server
+from tests.servers import (
+    MotoServer,
+    RabbitMQServer,
+    RedisServer,
+    moto_server,
+    rabbitmq_server,
+    redis_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +37,13 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQServer]:
+    """One rabbitmq-server node for the session; tests isolate by queue name."""
+    with rabbitmq_server() as server:
+        yield server
+
+
 def _prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
@@ -38,6 +52,7 @@ BROKERS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("sqs", id="sqs", marks=pytest.mark.sqs),
+    pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
 ]
 
 
@@ -55,6 +70,13 @@ def broker_urls(name: str, request: pytest.FixtureRequest, folder: Path) -> tupl
         where = f"region=us-east-1&endpoint_url={aws.endpoint}"
         tag = uuid.uuid4().hex[:10]
         return f"sqs://?{where}&queue_prefix=t{tag}-", f"dynamodb://t{tag}?{where}"
+    if name in ("rabbitmq", "kombu-amqp"):
+        amqp: RabbitMQServer = request.getfixturevalue("rabbitmq")
+        scheme = "amqp" if name == "rabbitmq" else "kombu+amqp"
+        return amqp.url.replace("amqp", scheme, 1), f"sqlite:///{folder}/results.db"
+    if name == "kombu-redis":
+        redis: RedisServer = request.getfixturevalue("redis")
+        return f"kombu+{redis.url}", f"sqlite:///{folder}/results.db"
     raise LookupError(f"no broker fixture named {name!r}")
 
 
