@@ -1,0 +1,321 @@
+"""The Redis result store: values with expiry, pub/sub to wake waiters.
+
+URL: the Redis broker's forms (``redis://``, ``rediss://``, ``unix://``) and
+options (``key_prefix``, ``socket_timeout``, ``connect_timeout``,
+``retry_timeout``, ``db``, ``ssl_cert_reqs``, ``ssl_ca_certs``; see
+:mod:`taskmesh.brokers.redis`). Broker and store may share one database.
+
+How it keeps its promises:
+
+- a value is one string key written with ``SET ... PX``, so Redis drops it
+  when ``expires_seconds`` (the core passes ``result_expires``) runs out;
+- ``set(..., notify=True)`` writes and publishes on the key's channel in one
+  ``MULTI`` transaction. ``wait`` subscribes first, then reads, then sleeps on
+  the subscription, so a result stored between the read and the sleep still
+  wakes it; it reads again every few seconds in case a notification was lost
+  with a connection. No busy polling;
+- ``add_member`` is ``SADD``, ``PEXPIRE`` and ``SCARD`` in one transaction, so
+  concurrent callers see sizes 1, 2, ... n and a member added twice counts once;
+- ``claim`` is ``SET NX`` with a token of its own, so a retry after a lost
+  reply still knows it won.
+
+Connection errors are retried for ``retry_timeout`` seconds (default 10), then
+raised as ``ResultError``. The module repeats the broker's few lines of client
+setup rather than import an adapter from another adapter: each loads, and
+type-checks, alone.
+
+Limitations: pub/sub channels are shared by every database of a server, so
+apps in different databases should still use different ``key_prefix`` values
+(a shared channel only costs a spurious read). Durability is Redis's: see the
+broker's docstring on AOF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import PubSub
+from redis.exceptions import AuthenticationError
+from redis.retry import Retry
+
+from taskmesh.errors import ConfigurationError, ResultError
+from taskmesh.result import ResultStore
+from taskmesh.urls import mask_url, parse_options, split_options
+
+__all__ = ["RedisResultStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RECHECK_SECONDS = 5.0
+_MGET_BATCH = 1000
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    key_prefix: str = "taskmesh:"
+    socket_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    retry_timeout: float = 10.0
+    db: int | None = None
+    ssl_cert_reqs: str | None = None
+    ssl_ca_certs: str | None = None
+
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "key_prefix": str,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    "retry_timeout": float,
+    "db": int,
+    "ssl_cert_reqs": str,
+    "ssl_ca_certs": str,
+}
+
+
+def _as_bytes(value: object) -> bytes | None:
+    # redis-py types replies as bytes-or-str; without decode_responses they are bytes.
+    return value if isinstance(value, bytes) else None
+
+
+def _connect(url: str, settings: _Settings) -> redis.Redis:
+    if min(settings.socket_timeout, settings.connect_timeout) <= 0 or settings.retry_timeout < 0:
+        raise ConfigurationError(
+            f"Timeouts in {mask_url(url)} must be above 0 (retry_timeout: 0 or more)."
+        )
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),  # retried below, within retry_timeout
+    }
+    for name in ("db", "ssl_cert_reqs", "ssl_ca_certs"):
+        if getattr(settings, name) is not None:
+            kwargs[name] = getattr(settings, name)
+    try:
+        return redis.Redis.from_url(split_options(url)[0], **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"Cannot use Redis URL {mask_url(url)}: {exc}.") from exc
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisResultStore(ResultStore):
+    """Results in one Redis database (see the module docstring)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settings = _Settings(**parse_options(url, _OPTIONS))
+        self._redis = _connect(url, self.settings)
+        self._pubsub: PubSub | None = None
+        self._outage: float | None = None
+
+    def _key(self, key: str) -> str:
+        return self.settings.key_prefix + key
+
+    def _members(self, key: str) -> str:
+        return f"{self.settings.key_prefix}{key}:members"
+
+    def _channel(self, key: str) -> str:
+        return f"{self.settings.key_prefix}notify:{key}"
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; retry connection errors for ``retry_timeout``, then raise.
+
+        Raises:
+            ResultError: Redis failed the call, or stayed unreachable.
+        """
+        deadline = time.monotonic() + self.settings.retry_timeout
+        pause = 0.05
+        while True:
+            try:
+                result = fn()
+            except AuthenticationError as exc:
+                raise ResultError(f"Redis {mask_url(self.url)} refused the credentials.") from exc
+            except _RETRYABLE as exc:
+                now = time.monotonic()
+                if self._outage is None:
+                    self._outage = now
+                    logger.warning(
+                        "result store unreachable, retrying url=%s operation=%s error=%s",
+                        mask_url(self.url),
+                        operation,
+                        exc,
+                    )
+                if now >= deadline:
+                    raise ResultError(
+                        f"Redis result store {mask_url(self.url)} unreachable for "
+                        f"{self.settings.retry_timeout} s during {operation}: {exc}."
+                    ) from exc
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 1.0)
+                continue
+            except redis.RedisError as exc:
+                raise ResultError(
+                    f"Redis result store {mask_url(self.url)} failed {operation}: {exc}."
+                ) from exc
+            if self._outage is not None:
+                logger.info(
+                    "result store reachable again url=%s outage_ms=%.0f",
+                    mask_url(self.url),
+                    (time.monotonic() - self._outage) * 1000,
+                )
+                self._outage = None
+            return result
+
+    def set(self, key: str, value: bytes, *, expires_seconds: float, notify: bool = False) -> None:
+        """Store ``value`` with its expiry; with ``notify``, wake every waiter.
+
+        Raises:
+            ResultError: Redis stayed unreachable for ``retry_timeout``.
+        """
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._key(key), value, px=_milliseconds(expires_seconds))
+            if notify:
+                pipe.publish(self._channel(key), b"1")
+            pipe.execute()
+
+        self._call("set", write)
+
+    def get(self, key: str) -> bytes | None:
+        """Return the value under ``key``, or ``None``."""
+        return _as_bytes(self._call("get", lambda: self._redis.get(self._key(key))))
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Return the values under ``keys`` with one ``MGET`` per 1,000 keys."""
+        found: list[bytes | None] = []
+        for start in range(0, len(keys), _MGET_BATCH):
+            chunk = [self._key(key) for key in keys[start : start + _MGET_BATCH]]
+            found += self._call("get_many", functools.partial(self._mget, chunk))
+        return found
+
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        return [_as_bytes(value) for value in self._redis.mget(keys)]
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` and its member set; idempotent."""
+        self._call("delete", lambda: self._redis.delete(self._key(key), self._members(key)))
+
+    def add_member(self, key: str, member: str, *, expires_seconds: float) -> int:
+        """Add ``member`` to the set under ``key``; return the set's size after."""
+
+        def add() -> int:
+            pipe = self._redis.pipeline(transaction=True)
+            members = self._members(key)
+            pipe.sadd(members, member)
+            pipe.pexpire(members, _milliseconds(expires_seconds))
+            pipe.scard(members)
+            return int(pipe.execute()[-1])
+
+        count: int = self._call("add_member", add)
+        return count
+
+    def claim(self, key: str, *, expires_seconds: float) -> bool:
+        """Create ``key`` if absent; exactly one caller among many wins."""
+        token = uuid.uuid4().hex.encode()
+
+        def attempt() -> bool:
+            target = self._key(key)
+            if self._redis.set(target, token, nx=True, px=_milliseconds(expires_seconds)):
+                return True
+            # A retry after a lost reply finds its own token: it did win.
+            return bool(self._redis.get(target) == token)
+
+        won: bool = self._call("claim", attempt)
+        return won
+
+    def wait(self, key: str, timeout: float, ready: Callable[[bytes], bool]) -> bytes | None:
+        """Block until ``key`` holds a ready value, woken by ``set(notify=True)``.
+
+        Returns the value, or ``None`` after ``timeout`` seconds.
+
+        Raises:
+            ResultError: Redis stayed unreachable for ``retry_timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        channel = self._channel(key)
+        try:
+            while True:
+                pubsub = self._subscribe(channel)
+                value = self.get(key)
+                if value is not None and ready(value):
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._sleep_on(pubsub, min(remaining, _RECHECK_SECONDS))
+        finally:
+            self._unsubscribe(channel)
+
+    def _subscribe(self, channel: str) -> PubSub:
+        if self._pubsub is None:
+            self._pubsub = self._redis.pubsub()
+        pubsub = self._pubsub
+
+        name = channel.encode()
+
+        def subscribe() -> None:
+            pubsub.subscribe(channel)
+            # Read on until the server confirms: only then is a notification
+            # published after the read that follows sure to reach us.
+            limit = time.monotonic() + self.settings.socket_timeout
+            while (remaining := limit - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=remaining)
+                if message and message["type"] == "subscribe" and message["channel"] == name:
+                    return
+            raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
+
+        try:
+            self._call("wait", subscribe)
+        except ResultError:
+            self._drop_pubsub()
+            raise
+        return pubsub
+
+    def _sleep_on(self, pubsub: PubSub, seconds: float) -> None:
+        limit = time.monotonic() + seconds
+        try:
+            while (remaining := limit - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=remaining)
+                if message and message["type"] == "message":
+                    return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The subscription died with its connection: start a new one on
+            # the next round, which reads the value again first.
+            logger.debug("result subscription lost error=%s", exc)
+            self._drop_pubsub()
+
+    def _unsubscribe(self, channel: str) -> None:
+        if self._pubsub is None:
+            return
+        try:
+            # redis-py leaves PubSub.unsubscribe without annotations.
+            self._pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            self._drop_pubsub()
+
+    def _drop_pubsub(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._pubsub.close()
+            self._pubsub = None
+
+    def close(self) -> None:
+        """Close the subscription and the connections; idempotent."""
+        self._drop_pubsub()
+        self._redis.close()

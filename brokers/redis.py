@@ -1,0 +1,461 @@
+"""The Redis broker: reliable queues in sorted sets, moved by Lua scripts.
+
+URL: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
+``unix:///path/to/redis.sock`` (database by the ``db`` option).
+
+Options (query string):
+
+- ``key_prefix`` (str, default ``taskmesh:``): prepended to every key, so
+  several apps can share one database;
+- ``socket_timeout`` (float, default 10): seconds a command may take on the wire;
+- ``connect_timeout`` (float, default 5): seconds to open a connection;
+- ``retry_timeout`` (float, default 10): seconds publish, ack, requeue and lease
+  extension keep retrying an unreachable server before raising
+  ``BrokerUnavailable``; ``0`` fails at once;
+- ``db`` (int): the database, for ``unix://`` URLs;
+- ``ssl_cert_reqs`` (``required``, ``optional`` or ``none``) and
+  ``ssl_ca_certs`` (a path): certificate checks for ``rediss://``.
+
+How it keeps its promises. Each queue is a handful of keys (see
+``redis_common.lua``): a *ready* sorted set scored by priority band then
+arrival number, a *delayed* sorted set scored by due time, a *leased* sorted
+set scored by lease deadline, and hashes holding each message's payload and
+delivery count. Every state change is one Lua script, so it is atomic:
+
+- ``receive`` first moves due delayed messages and lapsed leases back to ready
+  (any worker recovers a dead worker's messages; no reaper process), then pops
+  up to ``max_messages`` in one round trip, records each lease deadline and
+  bumps each delivery count. With nothing ready it blocks on the queues' wake
+  lists (``BLPOP``), no longer than until the next delay or lease ends;
+- a delayed message waits in *delayed* and is not leased while it waits, so it
+  is never handed out before it is due and never redelivered for waiting;
+- ack, requeue and lease extension carry the delivery count as a fence: once a
+  message whose lease lapsed was handed out again, the old holder's calls do
+  nothing;
+- ``publish_many`` sends up to 500 messages per script call, one round trip.
+
+Why sorted sets and scripts rather than Streams with consumer groups: a stream
+has no priorities and no delayed entries, and ``XAUTOCLAIM`` recovers pending
+entries by idle time, which a running task's lease extension would have to
+reset by re-claiming; ``BLMOVE`` between lists gives no lease deadline at all.
+
+Capabilities: delays of any length, priorities 0-9, FIFO within a priority,
+lease extension, core dead-lettering, messages up to 512 MiB (Redis's limit).
+Needs Redis 6.2 or later (``ZADD XX CH``, fractional ``BLPOP`` timeouts).
+
+Limitations: Redis acknowledges a write before it reaches disk unless
+``appendonly yes`` with ``appendfsync always``; with the default
+``appendfsync everysec`` a crash of Redis itself can lose the last second of
+publishes and acks (an acked message may come back, a published one vanish),
+and without AOF everything since the last snapshot. A publish retried after a
+lost reply may publish twice (delivery is at least once). Redis Cluster is not
+supported: a receive spans several queues' keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, ReadOnlyError, RedisError
+from redis.retry import Retry
+
+from taskmesh.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    ConnectionLost,
+    MessageTooLarge,
+    TaskmeshError,
+)
+from taskmesh.transport import Capabilities, Delivery, Outgoing, Transport
+from taskmesh.urls import mask_url, parse_options, split_options
+
+__all__ = ["RedisTransport"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+_PUBLISH_BATCH = 500
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)
+_SCRIPTS = ("publish", "receive", "ack", "extend", "requeue", "purge")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """The URL options (see the module docstring)."""
+
+    key_prefix: str = "taskmesh:"
+    socket_timeout: float = 10.0
+    connect_timeout: float = 5.0
+    retry_timeout: float = 10.0
+    db: int | None = None
+    ssl_cert_reqs: str | None = None
+    ssl_ca_certs: str | None = None
+
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "key_prefix": str,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    "retry_timeout": float,
+    "db": int,
+    "ssl_cert_reqs": str,
+    "ssl_ca_certs": str,
+}
+
+
+def read_settings(url: str) -> RedisSettings:
+    """Read and check the options in ``url``'s query string.
+
+    Raises:
+        ConfigurationError: An option is unknown or out of range.
+    """
+    settings = RedisSettings(**parse_options(url, _OPTIONS))
+    for name in ("socket_timeout", "connect_timeout"):
+        if getattr(settings, name) <= 0:
+            raise ConfigurationError(f"Option {name} in {mask_url(url)} must be above 0.")
+    if settings.retry_timeout < 0:
+        raise ConfigurationError(f"Option retry_timeout in {mask_url(url)} must be 0 or more.")
+    if settings.ssl_cert_reqs not in (None, "required", "optional", "none"):
+        raise ConfigurationError(
+            f"Option ssl_cert_reqs in {mask_url(url)} must be required, optional or none."
+        )
+    return settings
+
+
+class RedisClient:
+    """A redis-py client plus what the transport does around each call.
+
+    Maps redis-py errors to taskmesh errors, retries where asked to within
+    ``retry_timeout``, and logs an outage once when it starts and once when it
+    ends. Connections are opened lazily; a call after a failure reconnects.
+
+    Args:
+        url: The Redis URL (its query string is ignored here).
+        settings: The options read from it.
+        errors: Builds the exception to raise from a kind (``unavailable``,
+            ``lost`` or ``failed``) and a message.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: RedisSettings,
+        errors: Callable[[str, str], TaskmeshError],
+    ) -> None:
+        self.safe_url = mask_url(url)
+        self.settings = settings
+        self._errors = errors
+        self._outage: float | None = None
+        bare, _ = split_options(url)
+        kwargs: dict[str, Any] = {
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+            "socket_keepalive": True,
+            # Retrying is ours to decide per operation; redis-py's default
+            # would retry even a receive, hiding an outage from the worker.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if settings.db is not None:
+            kwargs["db"] = settings.db
+        if settings.ssl_cert_reqs is not None:
+            kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
+        if settings.ssl_ca_certs is not None:
+            kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
+        try:
+            self.redis: redis.Redis = redis.Redis.from_url(bare, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"Cannot use Redis URL {self.safe_url}: {exc}.") from exc
+
+    def key(self, *parts: str) -> str:
+        """Return the prefixed key made of ``parts`` joined by ``:``."""
+        return self.settings.key_prefix + ":".join(parts)
+
+    def call(self, operation: str, fn: Callable[[], T], *, retry: bool) -> T:
+        """Run ``fn``, mapping errors; retry connection errors if ``retry``.
+
+        Raises:
+            TaskmeshError: What ``errors`` builds: unavailable after the retry
+                window (or at once without ``retry``), lost for a dropped
+                connection, failed for any other Redis error.
+        """
+        deadline: float | None = None
+        pause = 0.05
+        while True:
+            try:
+                result = fn()
+            except AuthenticationError as exc:
+                raise self._errors(
+                    "unavailable", f"Redis {self.safe_url} refused the credentials: {exc}."
+                ) from exc
+            except _RETRYABLE as exc:
+                now = time.monotonic()
+                self._lost(operation, exc, now, retrying=retry)
+                deadline = deadline if deadline is not None else now + self.settings.retry_timeout
+                if not retry or now >= deadline:
+                    raise self._map(operation, exc) from exc
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 1.0)
+                continue
+            except RedisError as exc:
+                raise self._errors(
+                    "failed", f"Redis {operation} on {self.safe_url} failed: {exc}."
+                ) from exc
+            if self._outage is not None:
+                logger.info(
+                    "redis reachable again url=%s outage_ms=%.0f",
+                    self.safe_url,
+                    (time.monotonic() - self._outage) * 1000,
+                )
+                self._outage = None
+            return result
+
+    def _lost(self, operation: str, exc: Exception, now: float, *, retrying: bool) -> None:
+        if self._outage is not None:
+            return
+        self._outage = now
+        # The worker's loop logs the outage of a receive itself.
+        if retrying:
+            logger.warning(
+                "redis unreachable, retrying url=%s operation=%s error=%s",
+                self.safe_url,
+                operation,
+                exc,
+            )
+
+    def _map(self, operation: str, exc: Exception) -> TaskmeshError:
+        if isinstance(exc, BusyLoadingError):
+            detail = "is loading its data set"
+        elif isinstance(exc, ReadOnlyError):
+            detail = "is a read-only replica"
+        elif "connecting to" in str(exc) or "Connection refused" in str(exc):
+            detail = f"cannot be reached ({exc})"
+        else:
+            return self._errors(
+                "lost", f"Connection to Redis {self.safe_url} lost during {operation}: {exc}."
+            )
+        return self._errors(
+            "unavailable",
+            f"Redis {self.safe_url} {detail}; {operation} failed. Check that the server runs "
+            "and the URL is right.",
+        )
+
+    def close(self) -> None:
+        """Close the pool's connections; idempotent."""
+        self.redis.close()
+
+
+def _broker_error(kind: str, message: str) -> TaskmeshError:
+    classes: dict[str, type[BrokerError]] = {
+        "unavailable": BrokerUnavailable,
+        "lost": ConnectionLost,
+        "failed": BrokerError,
+    }
+    return classes[kind](message)
+
+
+def _load_scripts(client: redis.Redis) -> dict[str, Any]:
+    folder = resources.files("taskmesh.brokers")
+    common = folder.joinpath("redis_common.lua").read_text()
+    return {
+        name: client.register_script(common + folder.joinpath(f"redis_{name}.lua").read_text())
+        for name in _SCRIPTS
+    }
+
+
+def _encode(message: Outgoing) -> bytes:
+    # JSON escapes newlines, so the first newline ends the headers.
+    headers = json.dumps(dict(message.headers), separators=(",", ":")).encode()
+    return headers + b"\n" + message.body
+
+
+def _decode(payload: bytes) -> tuple[dict[str, str], bytes]:
+    headers, _, body = payload.partition(b"\n")
+    return json.loads(headers), body
+
+
+class RedisTransport(Transport):
+    """Queues in one Redis database (see the module docstring)."""
+
+    capabilities = Capabilities(
+        native_delay=True,
+        priorities=True,
+        fifo=True,
+        dead_letter=False,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        lease_extension=True,
+    )
+
+    def __init__(self, url: str, *, lease_seconds: float = 30.0) -> None:
+        super().__init__(url, lease_seconds=lease_seconds)
+        settings = read_settings(url)
+        self._client = RedisClient(url, settings, _broker_error)
+        self._scripts = _load_scripts(self._client.redis)
+        # Block no longer than half the socket timeout, so a blocking read
+        # never looks like a dead connection.
+        self._block_max = settings.socket_timeout / 2
+
+    def _keys(self, queue: str, *kinds: str) -> list[str]:
+        return [self._client.key(queue, kind) for kind in kinds]
+
+    def _script(self, name: str, keys: list[str], args: list[Any], *, retry: bool = True) -> Any:
+        script = self._scripts[name]
+        return self._client.call(name, lambda: script(keys=keys, args=args), retry=retry)
+
+    # publishing ----------------------------------------------------------------------
+
+    def publish(self, message: Outgoing) -> None:
+        """Publish one message; see :meth:`publish_many`."""
+        self.publish_many([message])
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish messages in one script call per 500, each call atomic.
+
+        Raises:
+            MessageTooLarge: A body is over 512 MiB; nothing was published.
+            BrokerUnavailable: Redis stayed unreachable for ``retry_timeout``.
+        """
+        for message in messages:
+            if len(message.body) > MAX_MESSAGE_BYTES:
+                raise MessageTooLarge(
+                    f"A {len(message.body)}-byte message for queue {message.queue!r} is over "
+                    f"Redis's limit of {MAX_MESSAGE_BYTES} bytes.",
+                    self.safe_url,
+                )
+        for start in range(0, len(messages), _PUBLISH_BATCH):
+            self._publish_batch(messages[start : start + _PUBLISH_BATCH])
+
+    def _publish_batch(self, messages: Sequence[Outgoing]) -> None:
+        numbers: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for message in messages:
+            if message.queue not in numbers:
+                numbers[message.queue] = len(numbers) + 1
+                keys += self._keys(message.queue, "ready", "delayed", "messages", "seq", "wake")
+            priority = min(9, max(0, int(message.priority)))
+            delay_ms = math.ceil(message.delay * 1000) if message.delay > 0 else 0
+            args += [numbers[message.queue], priority, delay_ms, _encode(message)]
+        self._script("publish", keys, args)
+
+    # receiving -------------------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_messages``, blocking on the wake lists while none is ready.
+
+        Raises:
+            ConnectionLost: The connection dropped; call again to reconnect.
+            BrokerUnavailable: Redis cannot be reached, or is loading its data.
+        """
+        kinds = ("ready", "delayed", "leased", "messages", "deliveries", "wake")
+        keys = [key for queue in queues for key in self._keys(queue, *kinds)]
+        wake_keys = [self._client.key(queue, "wake") for queue in queues]
+        lease_ms = max(1, round(self.lease_seconds * 1000))
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._script("receive", keys, [max(1, max_messages), lease_ms], retry=False)
+            if len(reply) > 1:
+                return self._deliveries(queues, reply)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            wait = min(remaining, self._block_max)
+            if int(reply[0]) >= 0:
+                wait = min(wait, int(reply[0]) / 1000)
+            # BLPOP reads 0 as "for ever"; wait at least a millisecond instead.
+            self._block(wake_keys, max(wait, 0.001))
+
+    def _block(self, wake_keys: list[str], seconds: float) -> None:
+        self._client.call(
+            "receive", lambda: self._client.redis.blpop(wake_keys, seconds), retry=False
+        )
+
+    def _deliveries(self, queues: Sequence[str], reply: list[Any]) -> list[Delivery]:
+        deliveries = []
+        for index in range(1, len(reply), 4):
+            number, message_id, count, payload = reply[index : index + 4]
+            headers, body = _decode(payload)
+            queue = queues[int(number) - 1]
+            receipt = (message_id.decode(), int(count))
+            deliveries.append(Delivery(queue, body, headers, int(count), receipt))
+        logger.debug("messages leased count=%d", len(deliveries))
+        return deliveries
+
+    # settling ----------------------------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> None:
+        """Remove the message if this delivery still holds it; idempotent."""
+        self.ack_many([delivery])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove several messages in one script call."""
+        if not deliveries:
+            return
+        keys, args = self._grouped(deliveries, ("ready", "leased", "messages", "deliveries"))
+        self._script("ack", keys, args)
+
+    def _grouped(
+        self, deliveries: Sequence[Delivery], kinds: tuple[str, ...]
+    ) -> tuple[list[str], list[Any]]:
+        numbers: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        for delivery in deliveries:
+            if delivery.queue not in numbers:
+                numbers[delivery.queue] = len(numbers) + 1
+                keys += self._keys(delivery.queue, *kinds)
+            message_id, count = delivery.receipt
+            args += [numbers[delivery.queue], message_id, count]
+        return keys, args
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Give the message back, ready after ``delay`` seconds; the count is kept."""
+        message_id, count = delivery.receipt
+        keys = self._keys(delivery.queue, "ready", "delayed", "leased", "deliveries", "wake")
+        delay_ms = math.ceil(delay * 1000) if delay > 0 else 0
+        self._script("requeue", keys, [message_id, count, delay_ms])
+
+    def extend_lease(self, delivery: Delivery, seconds: float) -> None:
+        """Move the lease deadline to ``seconds`` from now."""
+        self.extend_leases([delivery], seconds)
+
+    def extend_leases(self, deliveries: Sequence[Delivery], seconds: float) -> None:
+        """Extend several leases in one script call."""
+        if not deliveries:
+            return
+        keys, args = self._grouped(deliveries, ("leased", "deliveries"))
+        self._script("extend", keys, [max(1, round(seconds * 1000)), *args])
+
+    # queue management ----------------------------------------------------------------------
+
+    def declare(self, queue: str) -> None:
+        """Nothing to do: a queue's keys appear with its first message.
+
+        Makes no call, so a worker starts (and then waits for Redis) even
+        while Redis is down.
+        """
+
+    def size(self, queue: str) -> int:
+        """Count the queue's messages: ready, delayed and leased."""
+        key = self._client.key(queue, "messages")
+        return int(self._client.call("size", lambda: self._client.redis.hlen(key), retry=True))
+
+    def purge(self, queue: str) -> int:
+        """Delete the queue's messages that hold no live lease; return how many."""
+        keys = self._keys(queue, "ready", "delayed", "leased", "messages", "deliveries")
+        return int(self._script("purge", keys, []))
+
+    def close(self) -> None:
+        """Close the connections; idempotent."""
+        self._client.close()
