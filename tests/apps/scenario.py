@@ -130,6 +130,13 @@ def die_once_value(self: Task[Any, Any], value: int, key: str) -> int:
     return value
 
 
+def deep_sum(values: Any) -> int:
+    """Sum numbers in arbitrarily nested lists."""
+    if isinstance(values, list):
+        return sum(deep_sum(value) for value in values)
+    return int(values)
+
+
 TASKS: list[tuple[Callable[..., Any], dict[str, Any]]] = [
     (add, {"name": "scenario.add"}),
     (tsum, {"name": "scenario.tsum"}),
@@ -158,6 +165,7 @@ TASKS: list[tuple[Callable[..., Any], dict[str, Any]]] = [
         },
     ),
     (die_once_value, {"name": "scenario.die_once_value", "bind": True}),
+    (deep_sum, {"name": "scenario.deep_sum"}),
 ]
 
 

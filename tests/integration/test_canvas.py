@@ -12,13 +12,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from taskmesh import AsyncResult, Chord, GroupResult, State, TaskMesh, chain, chord, group
 from taskmesh.errors import ChordError
 from taskmesh.result import TaskRecord, task_key
-from tests.integration.harness import ROOT, Scenario, wait_until
+from tests.integration.conftest import BROKERS, broker_urls
+from tests.integration.harness import ROOT, Scenario, scenario_context, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -262,3 +267,108 @@ def _records(app: TaskMesh, group_result: GroupResult) -> list[TaskRecord]:
     ids = [result.id for result in group_result.results]
     raws = app.result_store().get_many([task_key(task_id) for task_id in ids])
     return [TaskRecord.from_bytes(raw) for raw in raws if raw is not None]
+
+
+# Random nested canvases, checked against the same expression evaluated here. --
+
+Spec = tuple[Any, ...]
+
+
+def _standalone(depth: int) -> st.SearchStrategy[Spec]:
+    """Specs of int-valued canvases that need no input."""
+    leaf = st.tuples(st.just("leaf"), st.integers(-50, 50), st.integers(-50, 50))
+    if depth == 0:
+        return leaf
+    inner = _standalone(depth - 1)
+    members = st.lists(
+        st.one_of(inner, st.tuples(st.just("group"), st.lists(inner, max_size=3))), max_size=3
+    )
+    return st.one_of(
+        leaf,
+        st.tuples(st.just("chain"), inner, st.lists(_consumer(depth - 1), min_size=1, max_size=3)),
+        st.tuples(st.just("chord"), members),
+        st.tuples(st.just("groupsum"), st.lists(inner, max_size=3)),
+    )
+
+
+def _consumer(depth: int) -> st.SearchStrategy[Spec]:
+    """Specs of int-valued canvases that take an int as their first argument."""
+    addk = st.tuples(st.just("addk"), st.integers(-50, 50))
+    if depth == 0:
+        return addk
+    inner = _consumer(depth - 1)
+    return st.one_of(
+        addk,
+        st.tuples(st.just("cchain"), st.lists(inner, min_size=1, max_size=3)),
+        st.tuples(st.just("cchord"), st.lists(inner, max_size=3)),
+        st.tuples(st.just("cgroupsum"), st.lists(inner, max_size=3)),
+    )
+
+
+def _evaluate(spec: Spec, value: int | None = None) -> Any:
+    kind = spec[0]
+    if kind == "leaf":
+        return spec[1] + spec[2]
+    if kind == "addk":
+        return value + spec[1]
+    if kind == "group":
+        return [_evaluate(member) for member in spec[1]]
+    if kind == "chain":
+        result = _evaluate(spec[1])
+        for step in spec[2]:
+            result = _evaluate(step, result)
+        return result
+    if kind == "cchain":
+        for step in spec[1]:
+            value = _evaluate(step, value)
+        return value
+    if kind in ("chord", "groupsum"):
+        return _deep_sum([_evaluate(member) for member in spec[1]])
+    return sum(_evaluate(member, value) for member in spec[1])
+
+
+def _deep_sum(values: Any) -> int:
+    return sum(_deep_sum(v) for v in values) if isinstance(values, list) else int(values)
+
+
+def _canvas(app: TaskMesh, spec: Spec) -> Any:
+    add, total = app.tasks["scenario.add"], app.tasks["scenario.deep_sum"]
+    kind, parts = spec[0], spec[1:]
+    if kind == "leaf":
+        return add.s(parts[0], parts[1])
+    if kind == "addk":
+        return add.s(parts[0])
+    if kind == "group":
+        return group([_canvas(app, member) for member in parts[0]], app=app)
+    if kind == "chain":
+        return chain(_canvas(app, parts[0]), *(_canvas(app, step) for step in parts[1]))
+    if kind == "cchain":
+        return chain([_canvas(app, step) for step in parts[0]])
+    if kind in ("chord", "cchord"):
+        return chord([_canvas(app, member) for member in parts[0]], total.s())
+    return chain(group([_canvas(app, member) for member in parts[0]], app=app), total.s())
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def shared_scenario(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenario]:
+    """One scenario and one worker for every example of the property test."""
+    folder = tmp_path_factory.mktemp("canvas-property")
+    broker, backend = broker_urls(request.param, request, folder)
+    for scenario in scenario_context(broker, backend, folder):
+        scenario.start_worker(concurrency=2)
+        yield scenario
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=_standalone(3), top_group=st.booleans())
+def test_random_nested_canvas_matches_local_evaluation(
+    shared_scenario: Scenario, spec: Spec, top_group: bool
+) -> None:
+    app = shared_scenario.app
+    if top_group:
+        spec = ("group", [spec, ("leaf", 1, 2)])
+    result = _canvas(app, spec).apply_async()
+    assert result.get(timeout=TIMEOUT) == _evaluate(spec)
