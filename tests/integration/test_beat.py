@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -65,12 +66,24 @@ def configure(
     elif state == "redis" and request is not None:
         pytest.importorskip("taskmesh.backends.redis")
         server = request.getfixturevalue("redis")
-        scenario.settings["beat_state_url"] = f"{server.url}?key_prefix=beat{os.getpid()}:"
+        tag = uuid.uuid4().hex[:10]
+        scenario.settings["beat_state_url"] = f"{server.url}?key_prefix=beat{tag}:"
+    elif state == "dynamodb" and request is not None:
+        pytest.importorskip("taskmesh.backends.dynamodb")
+        aws = request.getfixturevalue("moto")
+        tag = uuid.uuid4().hex[:10]
+        where = f"region=us-east-1&endpoint_url={aws.endpoint}"
+        scenario.settings["beat_state_url"] = f"dynamodb://beat{tag}?{where}"
 
 
 @pytest.mark.parametrize(
     "state",
-    ["file", "store", pytest.param("redis", marks=pytest.mark.redis)],
+    [
+        "file",
+        "store",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("dynamodb", marks=pytest.mark.sqs),
+    ],
 )
 def test_two_beats_one_killed_half_way_send_each_second_once(
     sqlite_scenario: Scenario, state: str, request: pytest.FixtureRequest
