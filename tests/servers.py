@@ -79,10 +79,13 @@ class RedisServer:
     folder: Path
     process: subprocess.Popen[bytes] | None = None
     appendonly: bool = True
+    unixsocket: Path | None = None
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -106,6 +109,10 @@ class RedisServer:
             "--protected-mode",
             "yes",
         ]
+        if self.unixsocket is not None:
+            command += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
+        if self.password is not None:
+            command += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -119,6 +126,13 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; ``start`` brings it back from its AOF."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
 
 
 @contextlib.contextmanager
