@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import math
 from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmesh.beat.schedules import Crontab, Interval, crontab, to_schedule
 from taskmesh.errors import ConfigurationError
@@ -274,3 +278,61 @@ def test_croniter_alone_runs_a_repeated_time_once() -> None:
     first = matches.get_next(datetime.datetime)
     second = matches.get_next(datetime.datetime)
     assert second.timestamp() - first.timestamp() > 23 * 3600
+
+
+EXPRESSIONS = [
+    "* * * * *",
+    "*/7 * * * *",
+    "30 * * * *",
+    "0 */3 * * *",
+    "30 1 * * *",
+    "30 2 * * *",
+    "15 2,3 * * *",
+    "0 0 * * sun",
+    "45 23 31 * *",
+    "0 12 13 * fri",
+]
+DST_YEAR = (at(UTC, 2024, 1, 1), at(UTC, 2025, 1, 1))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    expression=st.sampled_from(EXPRESSIONS),
+    zone=st.sampled_from([NEW_YORK, BERLIN]),
+    moment=st.one_of(
+        st.floats(*DST_YEAR),
+        # Dense around the four change nights, where the mapping is subtle.
+        st.sampled_from(
+            [
+                at(UTC, 2024, 3, 10, 5),
+                at(UTC, 2024, 11, 3, 4),
+                at(UTC, 2024, 3, 31, 0),
+                at(UTC, 2024, 10, 27, 0),
+            ]
+        ).flatmap(lambda base: st.floats(base, base + 4 * 3600)),
+    ),
+)
+def test_next_run_is_a_matching_instant_and_none_is_skipped(
+    expression: str, zone: ZoneInfo, moment: float
+) -> None:
+    schedule = crontab(expression)
+    found = schedule.next_after(moment, zone)
+    assert found > moment
+    # Asking from any earlier instant in between gives the same answer.
+    middle = (moment + found) / 2
+    assert middle >= found or schedule.next_after(middle, zone) == found
+    assert schedule.next_after(found - 0.5, zone) == found
+    # No instant in between (checked minute by minute, up to six hours) fires.
+    minute = math.floor(moment / 60) * 60 + 60
+    while minute < min(found, moment + 6 * 3600):
+        local = datetime.datetime.fromtimestamp(minute, zone)
+        fires = croniter.match(expression, local.replace(tzinfo=None))
+        assert not (fires and (local.fold == 0 or schedule.every_hour)), local
+        minute += 60
+    wall = datetime.datetime.fromtimestamp(found, zone)
+    if croniter.match(expression, wall.replace(tzinfo=None)):
+        return
+    # Otherwise it stands in for a skipped time: the clocks jumped right then.
+    before = datetime.datetime.fromtimestamp(found - 1, zone)
+    assert before.utcoffset() != wall.utcoffset()
+    assert not schedule.every_hour
