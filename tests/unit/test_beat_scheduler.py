@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +20,8 @@ import pytest
 from taskmesh import TaskMesh
 from taskmesh.beat import crontab
 from taskmesh.beat.scheduler import Beat, describe, load_entries, open_state, run_id
-from taskmesh.errors import BrokerUnavailable, ConfigurationError
+from taskmesh.beat.state import BeatState
+from taskmesh.errors import BrokerUnavailable, ConfigurationError, ResultError
 from taskmesh.protocol import Envelope
 from taskmesh.result import connect_store
 
@@ -352,3 +355,47 @@ def test_default_state_is_a_sqlite_file_of_its_own(tmp_path: Any) -> None:
     finally:
         state.close()
     assert path.exists()
+
+
+class Turns(threading.Event):
+    """A stop event that never waits: it counts turns and is set after ``turns``."""
+
+    def __init__(self, turns: int) -> None:
+        super().__init__()
+        self.left = turns
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return self.is_set()
+
+
+class FlakyState(BeatState):
+    failures = 1
+
+    def hold_lock(self, token: str) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise ResultError("store down for the test")
+        return super().hold_lock(token)
+
+
+def test_run_survives_a_failing_store_and_gives_the_lock_up_at_stop(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = world.app(EVERY_SECOND)
+    state = FlakyState(connect_store(f"memory://{world.name}-state"), "proj", lock_seconds=10)
+    beat = Beat(app, state=state, clock=world.clock, hostname="test")
+    turns = Turns(3)
+    with caplog.at_level(logging.INFO, logger="taskmesh.beat.scheduler"):
+        beat.run(turns)
+    assert turns.pauses[0] == 1.0
+    assert "beat turn failed, retrying error=store down for the test" in caplog.text
+    assert "beat leading" in caplog.text
+    assert "beat stopped" in caplog.text
+    other = world.beat(EVERY_SECOND)
+    other.tick()
+    assert other.is_leader
