@@ -17,6 +17,7 @@ import pytest
 from taskmesh.backends.dynamodb import DynamoDBResultStore
 from taskmesh.errors import ConfigurationError, ResultError
 from taskmesh.result import connect_store
+from tests.integration.contract import ResultStoreContract
 from tests.integration.harness import wait_until
 from tests.servers import MotoServer
 
@@ -36,6 +37,12 @@ def store(url: str) -> Iterator[DynamoDBResultStore]:
     assert isinstance(opened, DynamoDBResultStore)
     yield opened
     opened.close()
+
+
+class TestDynamoDBResultStore(ResultStoreContract):
+    @pytest.fixture
+    def store_url(self, url: str) -> str:
+        return url
 
 
 def _in_threads(count: int, work: Any) -> list[Any]:

@@ -21,7 +21,8 @@ import pytest
 from taskmesh.brokers.sqs import MAX_MESSAGE_BYTES, SQSTransport, sqs_queue_name
 from taskmesh.errors import BrokerUnavailable, ConfigurationError, MessageTooLarge
 from taskmesh.result import State
-from taskmesh.transport import Outgoing, connect
+from taskmesh.transport import Outgoing, Transport, connect
+from tests.integration.contract import TransportContract, receive_until
 from tests.integration.harness import Scenario, scenario_context, wait_until
 from tests.servers import MotoServer, free_port
 
@@ -74,6 +75,26 @@ def _attributes(client: Any, name: str) -> dict[str, int]:
     queue_url = client.get_queue_url(QueueName=name)["QueueUrl"]
     found = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     return {key: int(value) for key, value in found.items() if key.startswith("Approximate")}
+
+
+class TestSQSTransport(TransportContract):
+    @pytest.fixture
+    def transport_url(self, url: str) -> str:
+        return url
+
+    def test_purge_leaves_leased_messages(self, transport: Transport, queue: str) -> None:
+        """SQS variant: delayed messages stay too (module docstring, Limitations).
+
+        SQS offers no call that removes delayed messages but not leased ones:
+        ``PurgeQueue`` takes both, receiving reaches neither.
+        """
+        transport.publish(Outgoing(queue, b"leased"))
+        [leased] = receive_until(transport, [queue], 1)
+        transport.publish_many([Outgoing(queue, b"ready"), Outgoing(queue, b"delayed", delay=3600)])
+        assert transport.purge(queue) == 1
+        assert transport.size(queue) == 2
+        transport.ack(leased)
+        assert transport.size(queue) == 1
 
 
 class TestMessages:
