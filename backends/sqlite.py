@@ -63,6 +63,22 @@ class SQLiteResultStore(ResultStore):
             self._execute("DELETE FROM taskmesh_results WHERE expires <= ?", (now,))
             self._execute("DELETE FROM taskmesh_members WHERE expires <= ?", (now,))
 
+    def set_many(self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float) -> None:
+        """Insert or replace every item in one transaction: all are stored, or none."""
+        until = time.time() + expires_seconds
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO taskmesh_results (key, value, expires) VALUES (?, ?, ?)",
+                [(key, value, until) for key, value, _ in items],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise ResultError(f"SQLite result store {self.path!r} failed: {exc}.") from exc
+
     def get(self, key: str) -> bytes | None:
         """Return the live value under ``key``."""
         row = self._execute(

@@ -136,6 +136,16 @@ class ResultStore(abc.ABC):
         the store offers once it returns.
         """
 
+    def set_many(self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float) -> None:
+        """Store several ``(key, value, notify)`` items, in order, in one round trip if possible.
+
+        The same as calling :meth:`set` for each item in turn; stores that can
+        write many keys at once (a transaction, a pipeline) override it. Not
+        atomic unless the store says so: on an error, some items may be stored.
+        """
+        for key, value, notify in items:
+            self.set(key, value, expires_seconds=expires_seconds, notify=notify)
+
     @abc.abstractmethod
     def get(self, key: str) -> bytes | None:
         """Return the value under ``key``, or ``None`` if absent or expired."""

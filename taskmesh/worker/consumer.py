@@ -43,7 +43,7 @@ from taskmesh.errors import (
 )
 from taskmesh.result import State
 from taskmesh.transport import Delivery, Outgoing, Transport
-from taskmesh.worker.execute import Action, Verdict, execute, store_failure
+from taskmesh.worker.execute import Action, ResultBatch, Verdict, execute, store_failure
 
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
@@ -151,6 +151,7 @@ class Consumer:
         self.hostname = hostname or f"{os.getpid()}@consumer"
         multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
         self.capacity = max(1, self.concurrency * multiplier)
+        self._refill = max(1, self.capacity // 2)
         self.max_deliveries: int = app.conf.task_max_deliveries
         self.shutdown_timeout: float = app.conf.worker_shutdown_timeout
         self._buffer = _Buffer()
@@ -203,7 +204,22 @@ class Consumer:
         thread.start()
 
     def _executor(self) -> None:
-        while (job := self._buffer.take()) is not None:
+        # Finished jobs whose result waits in the batch: they are handed to the
+        # loop thread for acking only once the batch is written.
+        waiting: list[tuple[Job, Verdict]] = []
+
+        def on_flush(stored: bool) -> None:
+            for job, verdict in waiting:
+                if not stored:
+                    logger.error(
+                        "task outcome not stored name=%s id=%s", job.task.name, job.envelope.id
+                    )
+                    verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
+                self._done.put((job, verdict))
+            waiting.clear()
+
+        batch = ResultBatch(self.app, on_flush)
+        while (job := self._next_job(batch)) is not None:
             try:
                 verdict = execute(
                     self.app,
@@ -212,8 +228,10 @@ class Consumer:
                     hostname=self.hostname,
                     delivery_count=job.delivery.delivery_count,
                     limits=self._limits(job),
+                    batch=batch,
                 )
             except _Abandoned:
+                self._flush(batch)
                 return
             except Exception:
                 # execute() stores every task outcome; what reaches here failed
@@ -223,7 +241,23 @@ class Consumer:
                     "task outcome not stored name=%s id=%s", job.task.name, job.envelope.id
                 )
                 verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
-            self._done.put((job, verdict))
+            waiting.append((job, verdict))
+            if not batch:
+                on_flush(True)
+
+    def _next_job(self, batch: ResultBatch) -> Job | None:
+        """Take the next job; write held results first if none is waiting."""
+        if batch and (batch.full or not len(self._buffer)):
+            self._flush(batch)
+        return self._buffer.take()
+
+    @staticmethod
+    def _flush(batch: ResultBatch) -> None:
+        try:
+            batch.flush()
+        except Exception:
+            # on_flush(False) already gave the jobs back and logged each one.
+            logger.warning("result batch not stored", exc_info=True)
 
     @contextmanager
     def _limits(self, job: Job) -> Iterator[None]:
@@ -269,7 +303,7 @@ class Consumer:
         try:
             while not self._stopping.is_set():
                 try:
-                    self._settle(transport, block=len(self._held) >= self.capacity)
+                    self._settle(transport, block=self._full())
                     self._check_limits(transport)
                     if time.monotonic() >= next_lease:
                         self._extend_leases(transport)
@@ -402,12 +436,31 @@ class Consumer:
         )
         transport.ack(delivery)
 
+    def _full(self) -> bool:
+        """Whether to wait for finished jobs before receiving more.
+
+        Receiving and acking one message per finished job costs two broker
+        round trips per task; waiting until half the prefetch room is free
+        makes them one per half a prefetch. An executor with nothing buffered
+        is never kept waiting for that.
+        """
+        room = self.capacity - len(self._held)
+        return room <= 0 or (room < self._refill and len(self._buffer) > 0)
+
     def _settle(self, transport: Transport, *, block: bool) -> None:
-        """Ack, reject or give back finished jobs; wait briefly for one if ``block``."""
+        """Ack, reject or give back finished jobs.
+
+        With ``block``, wait briefly until enough jobs finish to free half the
+        prefetch room, or the buffer runs empty, whichever comes first.
+        """
         finished: list[tuple[Job, Verdict]] = []
+        need = max(1, self._refill - (self.capacity - len(self._held))) if block else 0
         try:
-            if block:
-                finished.append(self._done.get(timeout=max(0.01, min(0.5, self._next_limit_in()))))
+            while len(finished) < need:
+                wait = max(0.01, min(0.5, self._next_limit_in()))
+                finished.append(self._done.get(timeout=wait))
+                if not len(self._buffer):
+                    break
             while True:
                 finished.append(self._done.get_nowait())
         except queue.Empty:

@@ -9,11 +9,13 @@ message: ack it, dead-letter it, or give it back.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,11 +37,12 @@ if TYPE_CHECKING:
     from taskmesh.protocol import Envelope
     from taskmesh.task import Task
 
-__all__ = ["Action", "Verdict", "execute", "run_eagerly", "store_failure"]
+__all__ = ["Action", "ResultBatch", "Verdict", "execute", "run_eagerly", "store_failure"]
 
 logger = logging.getLogger(__name__)
 
 _REPR_LIMIT = 200
+_SCALARS = frozenset({str, int, float, bool})
 
 
 class Action(enum.Enum):
@@ -89,8 +92,74 @@ def _json_args(exc: BaseException) -> list[Any] | None:
     return list(exc.args)
 
 
-def _store(app: TaskMesh, task: Task[Any, Any] | None, record: TaskRecord) -> None:
+class ResultBatch:
+    """Result records held briefly so that several tasks' records go in one write.
+
+    A worker's executor passes one to :func:`execute`. The SUCCESS record of a
+    task that no canvas step waits on is held here, and goes to the store with
+    the next task's STARTED record, or on its own once no task is waiting or
+    the batch is full: one write per task instead of two, or one per batch.
+    After each write, ``on_flush(True)`` lets the executor hand the finished
+    messages over to be acked; a message is never acked before its result is
+    stored. If the write fails, ``on_flush(False)`` tells it the held records
+    are lost (their messages must run again), and the error propagates.
+
+    Args:
+        app: The app whose result store receives the records.
+        on_flush: Called after every flush with whether the write succeeded.
+        limit: Records held before :attr:`full` turns true.
+    """
+
+    def __init__(
+        self, app: TaskMesh, on_flush: Callable[[bool], None] | None = None, limit: int = 100
+    ) -> None:
+        self.app = app
+        self.on_flush = on_flush
+        self.limit = limit
+        self._items: list[tuple[str, bytes, bool]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        """Whether the batch holds ``limit`` records or more."""
+        return len(self._items) >= self.limit
+
+    def add(self, record: TaskRecord) -> None:
+        """Hold ``record`` until the next :meth:`flush`."""
+        self._items.append((task_key(record.task_id), record.to_bytes(), record.ready))
+
+    def flush(self) -> None:
+        """Write every held record in one call to the store.
+
+        Raises:
+            ResultError: The store failed; the held records are dropped.
+        """
+        items, self._items = self._items, []
+        if items:
+            try:
+                self.app.result_store().set_many(
+                    items, expires_seconds=self.app.conf.result_expires
+                )
+            except Exception:
+                if self.on_flush is not None:
+                    self.on_flush(False)
+                raise
+        if self.on_flush is not None:
+            self.on_flush(True)
+
+
+def _store(
+    app: TaskMesh,
+    task: Task[Any, Any] | None,
+    record: TaskRecord,
+    batch: ResultBatch | None = None,
+) -> None:
     if task is not None and task.ignore_result and record.state is not State.FAILURE:
+        return
+    if batch is not None:
+        batch.add(record)
         return
     app.result_store().set(
         task_key(record.task_id),
@@ -132,11 +201,20 @@ def store_failure(
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    # inspect.signature costs tens of microseconds, more than a no-op task's
+    # whole run; a task's function never changes, so read it once.
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
 def check_arguments(task: Task[Any, Any], envelope: Envelope) -> str | None:
     """Return why the envelope's arguments do not fit the task's function, or ``None``."""
-    try:
-        signature = inspect.signature(task.fn)
-    except (TypeError, ValueError):
+    signature = _signature(task.fn)
+    if signature is None:
         return None
     args = list(envelope.args)
     if task.bind:
@@ -179,6 +257,7 @@ def execute(
     delivery_count: int = 1,
     eager: bool = False,
     limits: AbstractContextManager[None] | None = None,
+    batch: ResultBatch | None = None,
 ) -> Verdict:
     """Run ``envelope`` with ``task`` and store what happened.
 
@@ -190,11 +269,13 @@ def execute(
         delivery_count: How many times the broker handed the message out.
         eager: Run for ``apply`` or eager mode.
         limits: Entered around the call itself; the consumer's time limits.
+        batch: Where a plain task's SUCCESS record may wait to be written with
+            others; without one, every record is written at once.
 
     Returns:
         What to do with the message.
     """
-    verdict = _run(app, task, envelope, hostname, delivery_count, eager, limits)
+    verdict = _run(app, task, envelope, hostname, delivery_count, eager, limits, batch)
     if verdict.retry is not None and not eager:
         # Published before the consumer acks the original: a crash in between
         # runs the task once more, never zero times.
@@ -210,6 +291,7 @@ def _run(
     delivery_count: int,
     eager: bool,
     limits: AbstractContextManager[None] | None,
+    batch: ResultBatch | None = None,
 ) -> Verdict:
     misfit = None if canvas.is_mapped(envelope) else check_arguments(task, envelope)
     if misfit is not None:
@@ -230,7 +312,12 @@ def _run(
                 retries=envelope.retries,
                 worker=hostname or None,
             ),
+            batch,
         )
+        if batch is not None:
+            # STARTED must be stored before the task runs; the previous
+            # task's held SUCCESS goes in the same write.
+            batch.flush()
     task.push_request(make_request(envelope, hostname, delivery_count, eager))
     started = time.perf_counter()
     try:
@@ -247,7 +334,9 @@ def _run(
         return _failed(app, task, envelope, exc, hostname, started)
     finally:
         task.push_request(None)
-    return _succeeded(app, task, envelope, value, hostname, started)
+    # A canvas step that follows may read this result: store it at once then.
+    held = batch if batch is not None and not envelope.options else None
+    return _succeeded(app, task, envelope, value, hostname, started, held)
 
 
 def _succeeded(
@@ -257,6 +346,7 @@ def _succeeded(
     value: Any,
     hostname: str,
     started: float,
+    batch: ResultBatch | None = None,
 ) -> Verdict:
     duration_ms = (time.perf_counter() - started) * 1000
     record = TaskRecord(
@@ -269,14 +359,15 @@ def _succeeded(
         worker=hostname or None,
     )
     try:
-        json.dumps(value)
+        if value is not None and type(value) not in _SCALARS:
+            json.dumps(value)
     except (TypeError, ValueError) as exc:
         error = EncodeError(
             f"Task {task.name} (id {envelope.id}) returned {truncate(value, 80)}, which JSON "
             f"cannot store: {exc}. Return JSON types, or set ignore_result=True."
         )
         return _failed(app, task, envelope, error, hostname, started)
-    _store(app, task, record)
+    _store(app, task, record, batch)
     logger.info(
         "task succeeded name=%s id=%s queue=%s duration_ms=%.1f",
         task.name,
