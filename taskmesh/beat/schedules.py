@@ -127,7 +127,12 @@ class Interval(Schedule):
 
     def next_after(self, moment: float, zone: ZoneInfo) -> float:
         """Return the next multiple of the period after ``moment``."""
-        return (math.floor(moment / self.seconds) + 1) * self.seconds
+        count = math.floor(moment / self.seconds) + 1
+        # With a fractional period, k * period / period can round to just
+        # under k, which would hand back the run at `moment` itself.
+        while count * self.seconds <= moment:
+            count += 1
+        return count * self.seconds
 
     def fingerprint(self, zone: ZoneInfo) -> str:
         """Return ``every:<seconds>``; the zone plays no part."""

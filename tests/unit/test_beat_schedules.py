@@ -55,6 +55,12 @@ class TestInterval:
     def test_next_run_is_strictly_after_the_instant(self) -> None:
         assert Interval(1).next_after(10.0, UTC) == 11.0
 
+    @pytest.mark.parametrize("period", [0.1, 0.3, 0.7, 1.1, 2.5])
+    def test_fractional_periods_never_repeat_a_run(self, period: float) -> None:
+        moments = Interval(period).upcoming(1_000_000.05, UTC, 2000)
+        assert all(later > earlier for earlier, later in itertools.pairwise(moments))
+        assert max(gaps(moments)) < period * 1.5
+
     @pytest.mark.parametrize("value", [0, -1, float("nan"), "5", True])
     def test_rejects_what_is_not_a_positive_number(self, value: object) -> None:
         with pytest.raises(ConfigurationError, match="interval"):
