@@ -332,6 +332,8 @@ class Beat:
             self.zone.key,
             self.state,
         )
+        if not self.entries:
+            logger.warning("beat has no entries; set beat_schedule to send periodic tasks")
         try:
             while not stop.is_set():
                 try:
