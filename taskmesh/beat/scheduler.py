@@ -261,14 +261,14 @@ class Beat:
                 self.catch_up,
             )
             if self.catch_up == "once" and not self._send(entry, run_at):
-                return now
+                return now + self.max_interval  # retry on the next turn, not at once
             self._advance(entry, now)
             return entry.schedule.next_after(now, self.zone)
         for _ in range(_MAX_LATE_RUNS):
             if run_at > now:
                 break
             if not self._send(entry, run_at):
-                return now
+                return now + self.max_interval  # retry on the next turn, not at once
             self._advance(entry, run_at)
             run_at = entry.schedule.next_after(run_at, self.zone)
         return run_at
