@@ -94,8 +94,8 @@ def store_copy(app: TaskMesh, source_id: str, target: Outcome) -> None:
     _put(app, dataclasses.replace(record, task_id=target.id, name=target.task))
 
 
-def chord_error(app: TaskMesh, group_id: str, failed: Outcome, target: Outcome) -> ChordError:
-    """Store a :class:`ChordError` naming ``failed`` as ``target``'s failure; return it."""
+def chord_error(app: TaskMesh, group_id: str, failed: Outcome, target: Outcome) -> None:
+    """Store a :class:`ChordError` naming ``failed`` as ``target``'s failure."""
     raw = app.result_store().get(task_key(failed.id))
     cause = TaskRecord.from_bytes(raw) if raw is not None else None
     reason = f"{cause.exc_type}: {cause.result}" if cause is not None else "unknown error"
@@ -103,19 +103,19 @@ def chord_error(app: TaskMesh, group_id: str, failed: Outcome, target: Outcome) 
         f"Chord {group_id} did not run its body: header task {failed.task} "
         f"(id {failed.id}) failed with {reason}."
     )
-    error = ChordError(message, "", "", failed.id, failed.task)
+    # Stored, not raised: rebuild_exception() turns exc_args back into a
+    # ChordError whose task_id and task_name name the failed header task.
     record = TaskRecord(
         target.id,
         State.FAILURE,
         result=message,
         name=target.task,
-        exc_type="taskmesh.errors.ChordError",
+        exc_type=f"{ChordError.__module__}.{ChordError.__qualname__}",
         exc_args=[message, "", "", failed.id, failed.task],
         traceback=cause.traceback if cause is not None else None,
         date_done=time.time(),
     )
     _put(app, record)
-    return error
 
 
 def _put(app: TaskMesh, record: TaskRecord) -> None:
