@@ -199,9 +199,12 @@ class Beat:
     def tick(self) -> float:
         """Take or renew the lock, send what is due; return seconds to wait.
 
+        A run that fails to send is released and retried on the next turn;
+        its failure is logged, not raised.
+
         Raises:
             ResultError: The state store failed.
-            BrokerError: Sending failed (the run is released, to retry).
+            BrokerUnavailable: The state's SQLite file cannot be opened.
         """
         now = self.clock()
         if not self.state.hold_lock(self.token):
