@@ -372,3 +372,19 @@ def test_random_nested_canvas_matches_local_evaluation(
         spec = ("group", [spec, ("leaf", 1, 2)])
     result = _canvas(app, spec).apply_async()
     assert result.get(timeout=TIMEOUT) == _evaluate(spec)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #4: the consumer stores REVOKED for an expired or dead-lettered message "
+    "without calling canvas.after_failure, so its chord is never decided",
+)
+def test_expired_header_task_fails_the_chord(sqlite_scenario: Scenario) -> None:
+    scenario = sqlite_scenario
+    app = scenario.app
+    add = app.tasks["scenario.add"]
+    header = [add.s(1, 1), add.s(2, 2).set(expires=-1)]
+    result = chord(header, app.tasks["scenario.body"].s("expired"))()
+    scenario.start_worker(concurrency=1)
+    with pytest.raises(ChordError):
+        result.get(timeout=15)
