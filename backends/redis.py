@@ -49,7 +49,7 @@ from redis.retry import Retry
 
 from taskmesh.errors import ConfigurationError, ResultError
 from taskmesh.result import ResultStore
-from taskmesh.urls import mask_url, parse_options, split_options
+from taskmesh.urls import mask_url, parse_options
 
 __all__ = ["RedisResultStore"]
 
@@ -97,14 +97,15 @@ def _connect(url: str, settings: _Settings) -> redis.Redis:
     kwargs: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,
-        "socket_keepalive": True,
         "retry": Retry(NoBackoff(), 0),  # retried below, within retry_timeout
     }
+    if not url.startswith("unix:"):
+        kwargs["socket_keepalive"] = True  # unix sockets take no keepalive
     for name in ("db", "ssl_cert_reqs", "ssl_ca_certs"):
         if getattr(settings, name) is not None:
             kwargs[name] = getattr(settings, name)
     try:
-        return redis.Redis.from_url(split_options(url)[0], **kwargs)
+        return redis.Redis.from_url(url.partition("?")[0], **kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"Cannot use Redis URL {mask_url(url)}: {exc}.") from exc
 

@@ -77,7 +77,7 @@ from taskmesh.errors import (
     TaskmeshError,
 )
 from taskmesh.transport import Capabilities, Delivery, Outgoing, Transport
-from taskmesh.urls import mask_url, parse_options, split_options
+from taskmesh.urls import mask_url, parse_options
 
 __all__ = ["RedisTransport"]
 
@@ -158,15 +158,16 @@ class RedisClient:
         self.settings = settings
         self._errors = errors
         self._outage: float | None = None
-        bare, _ = split_options(url)
+        bare = url.partition("?")[0]  # urlunsplit would drop unix://'s empty host
         kwargs: dict[str, Any] = {
             "socket_timeout": settings.socket_timeout,
             "socket_connect_timeout": settings.connect_timeout,
-            "socket_keepalive": True,
             # Retrying is ours to decide per operation; redis-py's default
             # would retry even a receive, hiding an outage from the worker.
             "retry": Retry(NoBackoff(), 0),
         }
+        if not url.startswith("unix:"):
+            kwargs["socket_keepalive"] = True  # unix sockets take no keepalive
         if settings.db is not None:
             kwargs["db"] = settings.db
         if settings.ssl_cert_reqs is not None:

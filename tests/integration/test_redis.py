@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 
 import pytest
+import redis as redis_py
 
-from tests.integration.contract import TransportContract
-from tests.servers import RedisServer
+from taskmesh.errors import BrokerError, BrokerUnavailable
+from taskmesh.result import State, TaskRecord, task_key
+from taskmesh.transport import Outgoing, Transport, connect
+from tests.integration.contract import TransportContract, receive_until
+from tests.integration.harness import Scenario, scenario_context, wait_until
+from tests.servers import LOOPBACK, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -22,3 +34,250 @@ class TestRedisTransport(TransportContract):
     @pytest.fixture
     def transport_url(self, redis: RedisServer) -> str:
         return prefixed(redis)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for one test alone, to crash or to count its commands."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(free_port(), folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def command_calls(server: RedisServer, command: str) -> int:
+    """How many times the server ran ``command`` since it started."""
+    with closing(redis_py.Redis(host=LOOPBACK, port=server.port)) as client:
+        stats = client.info("commandstats")
+    entry = stats.get(f"cmdstat_{command}")
+    return int(entry["calls"]) if entry else 0
+
+
+def results(scenario: Scenario, ids: list[str]) -> list[TaskRecord | None]:
+    raws = scenario.app.result_store().get_many([task_key(task_id) for task_id in ids])
+    return [None if raw is None else TaskRecord.from_bytes(raw) for raw in raws]
+
+
+def all_succeeded(scenario: Scenario, ids: list[str]) -> bool:
+    return all(r is not None and r.state is State.SUCCESS for r in results(scenario, ids))
+
+
+def outages(log: str) -> int:
+    """How many times a worker's log reports losing Redis."""
+    phrases = ("broker connection lost", "redis unreachable", "result store unreachable")
+    return sum(log.count(phrase) for phrase in phrases)
+
+
+def queue_size(scenario: Scenario) -> int:
+    with scenario.app.connect_broker() as transport:
+        return transport.size(scenario.queue)
+
+
+# the broker on its own ----------------------------------------------------------------------
+
+
+def test_key_prefix_keeps_apps_apart(redis: RedisServer) -> None:
+    queue = f"shared-{uuid.uuid4().hex[:8]}"
+    with connect(prefixed(redis)) as first, connect(prefixed(redis)) as second:
+        first.publish(Outgoing(queue, b"first's"))
+        assert second.receive([queue], 1, 0.3) == []
+        assert second.size(queue) == 0
+        [delivery] = first.receive([queue], 1, 5.0)
+        assert delivery.body == b"first's"
+
+
+def warm_up(transport: Transport) -> None:
+    """Run every script once, so Redis knows them and no NOSCRIPT retry is counted."""
+    transport.publish(Outgoing("warm-up", b"x"))
+    taken = transport.receive(["warm-up"], 1, 5.0)
+    transport.extend_leases(taken, 10)
+    transport.ack_many(taken)
+
+
+def test_publish_many_is_one_round_trip_per_500_messages(own_redis: RedisServer) -> None:
+    with connect(prefixed(own_redis)) as transport:
+        warm_up(transport)
+        before = command_calls(own_redis, "evalsha") + command_calls(own_redis, "eval")
+        transport.publish_many([Outgoing("bulk", str(i).encode()) for i in range(1000)])
+        after = command_calls(own_redis, "evalsha") + command_calls(own_redis, "eval")
+        assert transport.size("bulk") == 1000
+    assert after - before == 2
+
+
+def test_receive_takes_a_batch_in_one_script_call(own_redis: RedisServer) -> None:
+    with connect(prefixed(own_redis)) as transport:
+        warm_up(transport)
+        transport.publish_many([Outgoing("batch", str(i).encode()) for i in range(300)])
+        before = command_calls(own_redis, "evalsha")
+        taken = transport.receive(["batch"], 250, 5.0)
+        assert command_calls(own_redis, "evalsha") - before == 1
+        assert [int(d.body) for d in taken] == list(range(250))
+        before = command_calls(own_redis, "evalsha")
+        transport.ack_many(taken)
+        assert command_calls(own_redis, "evalsha") - before == 1
+        assert transport.size("batch") == 50
+
+
+def test_idle_receive_blocks_instead_of_polling(own_redis: RedisServer) -> None:
+    with connect(prefixed(own_redis)) as transport:
+        warm_up(transport)
+        before = command_calls(own_redis, "evalsha")
+        assert transport.receive(["idle"], 10, 3.0) == []
+        # One look before blocking on the wake list, one after.
+        assert command_calls(own_redis, "evalsha") - before <= 3
+
+
+def test_unix_socket_url(tmp_path: Path) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="tmr", dir="/tmp"))
+    server = RedisServer(free_port(), tmp_path, unixsocket=folder / "r.sock")
+    try:
+        server.start()
+        url = f"unix://{folder}/r.sock?db=3&key_prefix=t:"
+        with connect(url) as transport:
+            transport.publish(Outgoing("local", b"over a socket"))
+            [delivery] = transport.receive(["local"], 1, 5.0)
+            assert delivery.body == b"over a socket"
+        with closing(redis_py.Redis(host=LOOPBACK, port=server.port, db=3)) as client:
+            assert client.exists("t:local:messages")
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_wrong_password_is_broker_unavailable_and_never_shows_it(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path, password="right-one")
+    try:
+        server.start()
+        url = f"redis://:wrong-one@{LOOPBACK}:{server.port}/0?retry_timeout=0"
+        with connect(url) as transport:
+            with pytest.raises(BrokerUnavailable) as caught:
+                transport.publish(Outgoing("q", b"x"))
+            assert "wrong-one" not in str(caught.value)
+            assert "wrong-one" not in repr(transport)
+        with connect(server.url) as transport:
+            transport.publish(Outgoing("q", b"x"))
+            assert transport.size("q") == 1
+    finally:
+        server.stop()
+
+
+def test_publish_to_a_dead_server_fails_after_its_retry_window() -> None:
+    url = f"redis://:secret@{LOOPBACK}:{free_port()}/0?retry_timeout=1"
+    with connect(url) as transport:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="cannot be reached") as caught:
+            transport.publish(Outgoing("q", b"lost?"))
+        assert 1.0 <= time.monotonic() - started < 10.0
+        assert "secret" not in str(caught.value)
+        with pytest.raises(BrokerUnavailable):
+            transport.receive(["q"], 1, 0.1)
+
+
+def test_transport_survives_a_crash_and_reconnects(own_redis: RedisServer) -> None:
+    with connect(prefixed(own_redis, "retry_timeout=0")) as transport:
+        transport.publish(Outgoing("durable", b"kept by the AOF"))
+        own_redis.kill()
+        with pytest.raises(BrokerError):
+            transport.receive(["durable"], 1, 0.5)
+        with pytest.raises(BrokerUnavailable):
+            transport.receive(["durable"], 1, 0.5)
+        own_redis.start()
+        [delivery] = receive_until(transport, ["durable"], 1)
+        assert delivery.body == b"kept by the AOF"
+
+
+# worker scenarios of issue #3 -----------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_scenario(redis: RedisServer, tmp_path: Path) -> Iterator[Scenario]:
+    url = prefixed(redis)
+    yield from scenario_context(url, url, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_2000_tasks_complete_across_a_redis_crash(own_redis: RedisServer, tmp_path: Path) -> None:
+    url = prefixed(own_redis)
+    scenario = Scenario(url, url, tmp_path)
+    # A receive whose reply the crash swallowed leaves its messages leased to
+    # no one until the lease runs out: keep that wait short.
+    scenario.settings["broker_lease_seconds"] = 5
+    try:
+        workers = [scenario.start_worker(4, "threads") for _ in range(2)]
+        app = scenario.app
+        envelopes = [app.build_envelope("scenario.mark", [f"k{i}"]) for i in range(2000)]
+        ids = [envelope.id for envelope in envelopes]
+        for start in range(0, 1000, 100):
+            app.publish(envelopes[start : start + 100])
+        wait_until(lambda: len(scenario.lines("mark")) >= 300, 60, "300 tasks to run")
+        own_redis.kill()
+        # The producer keeps publishing through the outage: its calls retry.
+        producer = threading.Thread(
+            target=lambda: [app.publish(envelopes[s : s + 100]) for s in range(1000, 2000, 100)]
+        )
+        producer.start()
+        wait_until(
+            lambda: all(outages(worker.output()) for worker in workers),
+            30,
+            "both workers to notice the outage",
+        )
+        time.sleep(3)  # the outage's length, an input of the test and not a margin
+        own_redis.start()
+        producer.join(120)
+        assert not producer.is_alive()
+        wait_until(lambda: all_succeeded(scenario, ids), 180, "all 2000 results", every=0.5)
+        assert set(scenario.lines("mark")) == {f"k{i}" for i in range(2000)}
+        wait_until(lambda: queue_size(scenario) == 0, 60, "every message to be acked")
+        for worker in workers:
+            assert worker.process.poll() is None
+            # Once per connection (the loop's, each executor's store), not per retry.
+            log = worker.output()
+            assert 1 <= outages(log) <= 6
+            assert log.count("reachable again") + log.count("connection restored") >= 1
+    finally:
+        scenario.close()
+
+
+@pytest.mark.slow
+def test_eta_beyond_several_leases_runs_once_and_not_early(redis_scenario: Scenario) -> None:
+    redis_scenario.settings["broker_lease_seconds"] = 5
+    redis_scenario.start_worker(1, "threads")
+    redis_scenario.start_worker(1, "threads")
+    sent = time.time()
+    result = redis_scenario.app.send_task("scenario.started_at", ["eta"], countdown=20)
+    assert result.get(timeout=60) >= sent + 20
+    wait_until(lambda: queue_size(redis_scenario) == 0, 20, "the message to be acked")
+    assert len(redis_scenario.lines("started")) == 1
+
+
+@pytest.mark.slow
+def test_task_running_three_lease_periods_runs_once(redis_scenario: Scenario) -> None:
+    redis_scenario.settings["broker_lease_seconds"] = 2
+    redis_scenario.start_worker(1, "threads")
+    redis_scenario.start_worker(1, "threads")
+    result = redis_scenario.app.send_task("scenario.sleep", [6.5, "long"])
+    assert result.get(timeout=60) == 6.5
+    wait_until(lambda: queue_size(redis_scenario) == 0, 20, "the message to be acked")
+    assert redis_scenario.lines("sleep-start") == ["long"]
+
+
+def test_high_priority_runs_before_low_queued_earlier(redis_scenario: Scenario) -> None:
+    redis_scenario.settings["worker_prefetch_multiplier"] = 1
+    redis_scenario.start_worker(1, "threads")
+    app = redis_scenario.app
+    busy = app.send_task("scenario.sleep", [1.0, "busy"])
+    wait_until(lambda: redis_scenario.lines("sleep-start"), 20, "the worker to be busy")
+    low = [app.build_envelope("scenario.mark", [f"low-{i}"], priority=0) for i in range(50)]
+    high = [app.build_envelope("scenario.mark", [f"high-{i}"], priority=9) for i in range(50)]
+    app.publish(low)
+    app.publish(high)
+    assert busy.get(timeout=30) == 1.0
+    ids = [envelope.id for envelope in low + high]
+    wait_until(lambda: all_succeeded(redis_scenario, ids), 60, "all 100 tasks")
+    order = redis_scenario.lines("mark")
+    assert order == [f"high-{i}" for i in range(50)] + [f"low-{i}" for i in range(50)]
