@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -119,6 +120,11 @@ class RedisResultStore(ResultStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
+        try:
+            urlsplit(url).port  # noqa: B018 - reading it validates it
+        except ValueError as exc:
+            # Before anything formats the URL: the message must not echo a password.
+            raise ConfigurationError(f"The port in the Redis URL is not valid ({exc}).") from exc
         self.settings = _Settings(**parse_options(url, _OPTIONS))
         self._redis = _connect(url, self.settings)
         self._pubsub: PubSub | None = None

@@ -62,6 +62,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -115,12 +116,24 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _check_port(url: str) -> None:
+    # Checked before anything formats the URL: mask_url cannot parse a bad port
+    # either, and the message must not echo a password.
+    try:
+        urlsplit(url).port  # noqa: B018 - reading it validates it
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"The port in the Redis URL is not a number between 0 and 65535 ({exc})."
+        ) from exc
+
+
 def read_settings(url: str) -> RedisSettings:
     """Read and check the options in ``url``'s query string.
 
     Raises:
         ConfigurationError: An option is unknown or out of range.
     """
+    _check_port(url)
     settings = RedisSettings(**parse_options(url, _OPTIONS))
     for name in ("socket_timeout", "connect_timeout"):
         if getattr(settings, name) <= 0:
