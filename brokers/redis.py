@@ -41,7 +41,7 @@ reset by re-claiming; ``BLMOVE`` between lists gives no lease deadline at all.
 
 Capabilities: delays of any length, priorities 0-9, FIFO within a priority,
 lease extension, core dead-lettering, messages up to 512 MiB (Redis's limit).
-Needs Redis 6.2 or later (``ZADD XX CH``, fractional ``BLPOP`` timeouts).
+Needs Redis 6.0 or later (fractional ``BLPOP`` timeouts); tested with 7.0.
 
 Limitations: Redis acknowledges a write before it reaches disk unless
 ``appendonly yes`` with ``appendfsync always``; with the default
