@@ -53,6 +53,8 @@ BROKERS = [
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
     pytest.param("sqs", id="sqs", marks=pytest.mark.sqs),
     pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq),
+    pytest.param("kombu-amqp", id="kombu-amqp", marks=pytest.mark.rabbitmq),
+    pytest.param("kombu-redis", id="kombu-redis", marks=pytest.mark.redis),
 ]
 
 
@@ -76,7 +78,7 @@ def broker_urls(name: str, request: pytest.FixtureRequest, folder: Path) -> tupl
         return amqp.url.replace("amqp", scheme, 1), f"sqlite:///{folder}/results.db"
     if name == "kombu-redis":
         redis: RedisServer = request.getfixturevalue("redis")
-        return f"kombu+{redis.url}", f"sqlite:///{folder}/results.db"
+        return f"kombu+{redis.url}?key_prefix={_prefix()}", f"sqlite:///{folder}/results.db"
     raise LookupError(f"no broker fixture named {name!r}")
 
 
