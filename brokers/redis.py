@@ -40,7 +40,9 @@ entries by idle time, which a running task's lease extension would have to
 reset by re-claiming; ``BLMOVE`` between lists gives no lease deadline at all.
 
 Capabilities: delays of any length, priorities 0-9, FIFO within a priority,
-lease extension, core dead-lettering, messages up to 512 MiB (Redis's limit).
+lease extension, atomic dead-lettering to ``<queue>.dead`` (one script moves
+the message and adds the reason headers), messages up to 512 MiB (Redis's
+limit).
 Needs Redis 6.0 or later (fractional ``BLPOP`` timeouts); tested with 7.0.
 
 Limitations: Redis acknowledges a write before it reaches disk unless
@@ -77,7 +79,15 @@ from taskmesh.errors import (
     MessageTooLarge,
     TaskmeshError,
 )
-from taskmesh.transport import Capabilities, Delivery, Outgoing, Transport
+from taskmesh.transport import (
+    ORIGIN_HEADER,
+    REASON_HEADER,
+    Capabilities,
+    Delivery,
+    Outgoing,
+    Transport,
+    dead_letter_queue,
+)
 from taskmesh.urls import mask_url, parse_options
 
 __all__ = ["RedisTransport"]
@@ -89,7 +99,7 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 _PUBLISH_BATCH = 500
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)
-_SCRIPTS = ("publish", "receive", "ack", "extend", "requeue", "purge")
+_SCRIPTS = ("publish", "receive", "ack", "extend", "requeue", "reject", "purge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +316,7 @@ class RedisTransport(Transport):
         native_delay=True,
         priorities=True,
         fifo=True,
-        dead_letter=False,
+        dead_letter=True,
         max_message_bytes=MAX_MESSAGE_BYTES,
         lease_extension=True,
     )
@@ -439,6 +449,24 @@ class RedisTransport(Transport):
         keys = self._keys(delivery.queue, "ready", "delayed", "leased", "deliveries", "wake")
         delay_ms = math.ceil(delay * 1000) if delay > 0 else 0
         self._script("requeue", keys, [message_id, count, delay_ms])
+
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to ``<queue>.dead`` with its reason, in one atomic step.
+
+        The dead letter keeps body and headers and gains ``x-dead-letter-reason``
+        and ``x-original-queue``. Unlike the core's publish-then-ack, a crash
+        cannot leave a copy in both queues. Does nothing if this delivery no
+        longer holds the message.
+        """
+        message_id, count = delivery.receipt
+        dead = dead_letter_queue(delivery.queue)
+        headers = {**delivery.headers, REASON_HEADER: reason, ORIGIN_HEADER: delivery.queue}
+        keys = [
+            *self._keys(delivery.queue, "ready", "leased", "messages", "deliveries"),
+            *self._keys(dead, "ready", "messages", "seq", "wake"),
+        ]
+        payload = _encode(Outgoing(dead, delivery.body, headers))
+        self._script("reject", keys, [message_id, count, payload])
 
     def extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Move the lease deadline to ``seconds`` from now."""

@@ -92,10 +92,12 @@ def test_key_prefix_keeps_apps_apart(redis: RedisServer) -> None:
 
 def warm_up(transport: Transport) -> None:
     """Run every script once, so Redis knows them and no NOSCRIPT retry is counted."""
-    transport.publish(Outgoing("warm-up", b"x"))
-    taken = transport.receive(["warm-up"], 1, 5.0)
-    transport.extend_leases(taken, 10)
-    transport.ack_many(taken)
+    transport.publish_many([Outgoing("warm-up", b"x"), Outgoing("warm-up", b"y")])
+    first, second = receive_until(transport, ["warm-up"], 2)
+    transport.extend_leases([first, second], 10)
+    transport.ack_many([first])
+    transport.reject(second, "warm-up")
+    transport.purge("warm-up.dead")
 
 
 def test_publish_many_is_one_round_trip_per_500_messages(own_redis: RedisServer) -> None:
@@ -120,6 +122,27 @@ def test_receive_takes_a_batch_in_one_script_call(own_redis: RedisServer) -> Non
         transport.ack_many(taken)
         assert command_calls(own_redis, "evalsha") - before == 1
         assert transport.size("batch") == 50
+
+
+def test_reject_is_one_atomic_call_and_fenced(own_redis: RedisServer) -> None:
+    with connect(prefixed(own_redis), lease_seconds=0.5) as transport:
+        warm_up(transport)
+        transport.publish(Outgoing("work", b"poison", {"x-trace": "t"}))
+        [stale] = receive_until(transport, ["work"], 1)
+        [fresh] = receive_until(transport, ["work"], 1)  # after the short lease lapsed
+        transport.reject(stale, "too late")  # the stale holder decides nothing
+        assert transport.size("work.dead") == 0
+        before = command_calls(own_redis, "evalsha")
+        transport.reject(fresh, "bad input")
+        assert command_calls(own_redis, "evalsha") - before == 1
+        assert transport.size("work") == 0
+        [dead] = transport.receive(["work.dead"], 1, 5.0)
+        assert dict(dead.headers) == {
+            "x-trace": "t",
+            "x-dead-letter-reason": "bad input",
+            "x-original-queue": "work",
+        }
+        assert (dead.body, dead.delivery_count) == (b"poison", 1)
 
 
 def test_idle_receive_blocks_instead_of_polling(own_redis: RedisServer) -> None:
