@@ -81,11 +81,14 @@ class RedisServer:
     appendonly: bool = True
     unixsocket: Path | None = None
     password: str | None = None
+    tls: tuple[Path, Path, Path] | None = None
+    """Certificate, key and CA files: serve TLS only, on ``port``."""
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{LOOPBACK}:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -113,6 +116,11 @@ class RedisServer:
             command += ["--unixsocket", str(self.unixsocket), "--unixsocketperm", "700"]
         if self.password is not None:
             command += ["--requirepass", self.password]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            command += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            command += ["--tls-ca-cert-file", str(ca)]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

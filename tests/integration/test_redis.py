@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import shutil
 import tempfile
 import threading
@@ -10,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -169,6 +172,68 @@ def test_unix_socket_url(tmp_path: Path) -> None:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """Write a throwaway CA and a server certificate for 127.0.0.1 into ``folder``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "taskmesh test CA")])
+    ca_cert = certificate("taskmesh test CA", ca_key, ca_name, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = certificate(LOOPBACK, server_key, ca_name, ca_key, ca=False)
+    paths = (folder / "server.crt", folder / "server.key", folder / "ca.crt")
+    paths[0].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path, tls=make_certificates(tmp_path))
+    try:
+        server.start()
+        ca = tmp_path / "ca.crt"
+        with connect(f"{server.url}?ssl_ca_certs={ca}") as transport:
+            transport.publish(Outgoing("secure", b"encrypted on the wire"))
+            [delivery] = transport.receive(["secure"], 1, 5.0)
+            assert delivery.body == b"encrypted on the wire"
+        # Without the CA, the server's certificate is not trusted.
+        with connect(f"{server.url}?retry_timeout=0") as transport:
+            with pytest.raises(BrokerUnavailable, match="certificate"):
+                transport.publish(Outgoing("secure", b"x"))
+    finally:
+        server.stop()
 
 
 def test_wrong_password_is_broker_unavailable_and_never_shows_it(tmp_path: Path) -> None:
