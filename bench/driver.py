@@ -40,6 +40,7 @@ class BenchError(Exception):
 def workers(system: System, concurrency: int, probe_dir: Path, log_dir: Path) -> Iterator[None]:
     """Run the system's worker processes for the duration of the block."""
     env = dict(os.environ, BENCH_PROBE_DIR=str(probe_dir), PYTHONPATH=str(ROOT))
+    env.update(system.worker_env)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for index, command in enumerate(system.worker_commands(concurrency)):

@@ -134,10 +134,11 @@ def render(report: dict[str, Any]) -> str:
         "| --- | ---: |",
         *(f"| {name} | {_num(rate)} |" for name, rate in report["ceiling"].items()),
     ]
-    ours = next((r for r in report["systems"] if r["system"].startswith("taskmesh")), None)
+    ours_all = [r for r in report["systems"] if r["system"].startswith("taskmesh")]
     peers = [r for r in report["systems"] if not r["system"].startswith("taskmesh")]
-    if ours is not None and peers:
-        out += ["", *_ratio_table(ours, peers)]
-    if ours is not None:
-        out += ["", "Targets of issue #8:", "", *_targets(report, ours, peers)]
+    for ours in ours_all:
+        if peers:
+            out += ["", *_ratio_table(ours, peers)]
+        out += ["", f"Targets of issue #8 for {ours['system']}:", ""]
+        out += _targets(report, ours, peers)
     return "\n".join(out)

@@ -148,7 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="latency send rate [200]/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--taskmesh-pools", default="taskmesh", help="taskmesh,taskmesh-threads")
+    parser.add_argument(
+        "--taskmesh",
+        default="taskmesh,taskmesh-tuned",
+        help="taskmesh variants: taskmesh, taskmesh-tuned, taskmesh-threads",
+    )
     parser.add_argument("--json", type=Path, default=None, help="[bench/results/<time>.json]")
     parser.add_argument("--skip", default="", help="workloads to skip: enqueue,drain,cpu,latency")
     return parser.parse_args(argv)
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             if broker.startswith("sqlite"):
                 report["ceiling"].update(sqlite_ceiling())
             runs: list[tuple[str, str, str]] = [
-                (sys.executable, name, broker) for name in opts.taskmesh_pools.split(",")
+                (sys.executable, name, broker) for name in opts.taskmesh.split(",")
             ]
             runs += [(peer_python, name, redis_url) for peer in peers for name in PEERS[peer]]
             for python, name, url in runs:
