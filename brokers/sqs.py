@@ -119,6 +119,7 @@ _CONNECTION_ERRORS = (
     botocore.exceptions.ReadTimeoutError,
 )
 _GONE_RECEIPT = frozenset({"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"})
+_MISSING_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _RESENT_MEMORY = 10_000
 
 _OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -260,6 +261,10 @@ class SQSTransport(Transport):
                 "or configure a profile."
             ) from exc
         except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) in _MISSING_QUEUE:
+                # Deleted under us: look the queues up (and create them) afresh.
+                self._queues.clear()
+                self._redrive.clear()
             raise BrokerError(
                 f"SQS {action} was refused ({_error_code(exc)}): {exc}.", self.safe_url
             ) from exc

@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from taskmesh.brokers.sqs import MAX_MESSAGE_BYTES, SQSTransport, sqs_queue_name
-from taskmesh.errors import BrokerUnavailable, ConfigurationError, MessageTooLarge
+from taskmesh.errors import BrokerError, BrokerUnavailable, ConfigurationError, MessageTooLarge
 from taskmesh.result import State
 from taskmesh.transport import Outgoing, Transport, connect
 from tests.integration.contract import TransportContract, receive_until
@@ -358,6 +358,18 @@ class TestDeadLetters:
 
 
 class TestConfiguration:
+    def test_queue_deleted_under_the_transport_is_created_again(
+        self, transport: SQSTransport, client: Any, prefix: str
+    ) -> None:
+        transport.publish(Outgoing("q-gone", b"first"))
+        gone = client.get_queue_url(QueueName=sqs_queue_name("q-gone", prefix))["QueueUrl"]
+        client.delete_queue(QueueUrl=gone)
+        with pytest.raises(BrokerError, match=r"NonExistentQueue|QueueDoesNotExist"):
+            transport.publish(Outgoing("q-gone", b"lost"))
+        transport.publish(Outgoing("q-gone", b"second"))
+        got = wait_until(lambda: transport.receive(["q-gone"], 10, 1.0), 10, "the message")
+        assert [delivery.body for delivery in got] == [b"second"]
+
     def test_missing_queue_is_a_clear_error_when_creation_is_off(self, url: str) -> None:
         with (
             connect(url + "&create_queues=false") as strict,
