@@ -91,6 +91,7 @@ from taskmesh.transport import (
     Delivery,
     Outgoing,
     Transport,
+    dead_letter_queue,
 )
 from taskmesh.urls import mask_url, parse_bool, parse_options
 
@@ -202,6 +203,11 @@ class SQSTransport(Transport):
             )
         values = parse_options(url, _OPTIONS, options)
         self.queue_prefix: str = values.get("queue_prefix", "")
+        if not set(self.queue_prefix.encode()) <= _NAME_SAFE | {ord("_")}:
+            raise ConfigurationError(
+                f"queue_prefix={self.queue_prefix!r} in {mask_url(url)} may hold only letters, "
+                "digits, '-' and '_', as SQS queue names do."
+            )
         self.create_queues: bool = values.get("create_queues", True)
         self.poll_interval: float = values.get("poll_interval", 0.2)
         self.s3_bucket: str | None = values.get("s3_bucket")
@@ -300,7 +306,7 @@ class SQSTransport(Transport):
     def declare(self, queue: str) -> None:
         """Create the SQS queue and its dead-letter queue if missing (unless forbidden)."""
         self._queue(queue)
-        self._queue(queue + ".dead")
+        self._queue(dead_letter_queue(queue))
 
     def size(self, queue: str) -> int:
         """Sum SQS's approximate counts: visible, in flight and delayed."""

@@ -77,6 +77,10 @@ class TestOptions:
         with pytest.raises(ConfigurationError, match="Did you mean 'queue_prefix'"):
             SQSTransport(f"sqs://?{ENDPOINT}&queue_prefx=a")
 
+    def test_a_prefix_sqs_cannot_name_is_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match=r"queue_prefix='app\.1'"):
+            SQSTransport(f"sqs://?{ENDPOINT}&queue_prefix=app.1")
+
     def test_a_host_in_the_url_is_refused(self) -> None:
         with pytest.raises(ConfigurationError, match="endpoint_url"):
             SQSTransport("sqs://localhost:4566?region=us-east-1")
