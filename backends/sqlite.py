@@ -16,9 +16,8 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 
-from taskmesh.errors import ResultError
 from taskmesh.result import ResultStore
-from taskmesh.sqlitefile import open_database, sqlite_path
+from taskmesh.sqlitefile import failure, open_database, sqlite_path
 from taskmesh.urls import parse_options
 
 __all__ = ["SQLiteResultStore"]
@@ -42,7 +41,7 @@ class SQLiteResultStore(ResultStore):
         """The connection, opened on first use (and again after a fork)."""
         if self._conn is None or self._pid != os.getpid():
             schema = resources.files("taskmesh.backends").joinpath("sqlite.sql").read_text()
-            self._conn = open_database(self.path, self.busy_timeout, schema)
+            self._conn = open_database(self.path, self.busy_timeout, schema, store=True)
             self._pid = os.getpid()
         return self._conn
 
@@ -50,7 +49,7 @@ class SQLiteResultStore(ResultStore):
         try:
             return self.conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise ResultError(f"SQLite result store {self.path!r} failed: {exc}.") from exc
+            raise failure(exc, self.path, "result store", store=True) from exc
 
     def set(self, key: str, value: bytes, *, expires_seconds: float, notify: bool = False) -> None:
         """Insert or replace ``key``; ``notify`` is implied, as waiters poll."""
@@ -77,7 +76,7 @@ class SQLiteResultStore(ResultStore):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise ResultError(f"SQLite result store {self.path!r} failed: {exc}.") from exc
+            raise failure(exc, self.path, "result store", store=True) from exc
 
     def get(self, key: str) -> bytes | None:
         """Return the live value under ``key``."""
@@ -129,7 +128,7 @@ class SQLiteResultStore(ResultStore):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise ResultError(f"SQLite result store {self.path!r} failed: {exc}.") from exc
+            raise failure(exc, self.path, "result store", store=True) from exc
         return int(row[0])
 
     def claim(self, key: str, *, expires_seconds: float) -> bool:

@@ -35,11 +35,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
-from taskmesh.errors import BrokerUnavailable
-from taskmesh.sqlitefile import open_database, sqlite_path
+from taskmesh.sqlitefile import failure, open_database, sqlite_path
 from taskmesh.transport import Capabilities, Delivery, Outgoing, Transport
-from taskmesh.urls import mask_url, parse_options
+from taskmesh.urls import parse_options
 
 __all__ = ["SQLiteTransport"]
 
@@ -62,6 +62,24 @@ SELECT 1 FROM taskmesh_messages
  WHERE queue = ? AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)
  LIMIT 1
 """
+
+
+def _queue_order(row: tuple[Any, ...]) -> tuple[int, int]:
+    # A priority column written by hand with a non-number must not stop the
+    # queue: such a row sorts as priority 0.
+    priority = row[4] if isinstance(row[4], int) else 0
+    return (-priority, row[0])
+
+
+def _headers(raw: object) -> dict[str, str]:
+    """Read a headers column; one not holding a JSON object yields no headers."""
+    try:
+        headers = json.loads(raw) if isinstance(raw, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        headers = None
+    if not isinstance(headers, dict):
+        return {"x-unreadable-headers": repr(raw)[:100]}
+    return {str(k): str(v) for k, v in headers.items()}
 
 
 class SQLiteTransport(Transport):
@@ -108,9 +126,7 @@ class SQLiteTransport(Transport):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise BrokerUnavailable(
-                f"SQLite write to {self.path!r} failed: {exc}.", mask_url(self.url)
-            ) from exc
+            raise failure(exc, self.path, "broker", store=False) from exc
 
     def publish(self, message: Outgoing) -> None:
         """Insert one message, committed before returning."""
@@ -170,18 +186,16 @@ class SQLiteTransport(Transport):
                 }
                 rows = conn.execute(_CLAIM, params).fetchall()
                 # RETURNING gives rows in no promised order: restore the queue's.
-                rows.sort(key=lambda row: (-row[4], row[0]))
+                rows.sort(key=_queue_order)
                 taken.extend(
-                    Delivery(queue, row[1], json.loads(row[2]), row[3], (row[0], token))
+                    Delivery(queue, row[1], _headers(row[2]), row[3], (row[0], token))
                     for row in rows
                 )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise BrokerUnavailable(
-                f"SQLite receive from {self.path!r} failed: {exc}.", mask_url(self.url)
-            ) from exc
+            raise failure(exc, self.path, "broker", store=False) from exc
         return taken
 
     def ack(self, delivery: Delivery) -> None:

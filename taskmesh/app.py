@@ -12,6 +12,7 @@ import datetime
 import fnmatch
 import importlib
 import logging
+import math
 import os
 import threading
 import time
@@ -70,7 +71,7 @@ def to_epoch(value: float | datetime.datetime | None, *, relative: bool) -> floa
         return value.timestamp()
     if isinstance(value, datetime.timedelta):
         return time.time() + value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigurationError(f"Expected seconds or a datetime, got {value!r}.")
     return time.time() + float(value) if relative else float(value)
 
@@ -303,7 +304,21 @@ class TaskMesh:
         retries: int = 0,
         **canvas: Any,
     ) -> Envelope:
-        """Build the envelope for one task message, applying routes and defaults."""
+        """Build the envelope for one task message, applying routes and defaults.
+
+        Raises:
+            TypeError: ``args`` is not a list or tuple, or ``kwargs`` not a mapping.
+            ConfigurationError: An option has a wrong value.
+        """
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise TypeError(
+                f"args for task {name!r} must be a list or tuple, got {type(args).__name__} "
+                f"{args!r:.60}; for one argument write args=[value]."
+            )
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(
+                f"kwargs for task {name!r} must be a mapping, got {type(kwargs).__name__}."
+            )
         route = self.route(name)
         task = self.tasks.get(name)
         if queue is None:

@@ -64,6 +64,9 @@ def locate_app(spec: str) -> TaskMesh:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except TaskmeshError as exc:
+        # A setting the module applies is wrong: the message says which.
+        raise click.ClickException(f"Importing {module_name!r} failed: {exc}") from exc
     except ImportError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise click.UsageError(
@@ -233,9 +236,14 @@ def call(
         if not wait:
             click.echo(result.id)
             return
-        value = result.get(timeout=timeout)
+        value = result.get(timeout=timeout, propagate=False)
     except TaskmeshError as exc:
         raise click.ClickException(str(exc)) from exc
+    if isinstance(value, BaseException):
+        raise click.ClickException(
+            f"Task {name} (id {result.id}) failed: {type(value).__name__}: {value}\n"
+            f"{result.traceback or ''}".rstrip()
+        )
     click.echo(json.dumps(value))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from taskmesh.errors import ConfigurationError
 __all__ = ["SETTINGS", "Config", "Setting"]
 
 _ENV_PREFIX = "TASKMESH_"
+# TASKMESH_* variables that are not settings: the test suite's switch.
+_OTHER_VARIABLES = frozenset({"TASKMESH_REQUIRE_SERVERS"})
 
 
 def _to_bool(value: Any) -> bool:
@@ -53,6 +56,19 @@ def _to_float(value: Any) -> float:
     if isinstance(value, (int, float, str)):
         return float(value)
     raise ValueError(f"expected a number of seconds, got {value!r}")
+
+
+def _positive(convert: Callable[[Any], Any], *, allow_zero: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        number = convert(value)
+        if number is not None and (number < 0 or (number == 0 and not allow_zero)):
+            floor = "0 or more" if allow_zero else "more than 0"
+            raise ValueError(f"must be {floor}, got {value!r}")
+        if isinstance(number, float) and math.isnan(number):
+            raise ValueError("must be a number, got NaN")
+        return number
+
+    return check
 
 
 def _to_optional_float(value: Any) -> float | None:
@@ -119,7 +135,7 @@ SETTINGS: dict[str, Setting] = {
     "result_backend": Setting(
         None, _to_optional_str, "Where results go; defaults to the broker URL when it can store."
     ),
-    "result_expires": Setting(86400.0, _to_float, "Seconds a result is kept."),
+    "result_expires": Setting(86400.0, _positive(_to_float), "Seconds a result is kept."),
     "task_default_queue": Setting("default", _to_str, "Queue for tasks that name none."),
     "task_serializer": Setting("json", _to_str, "Serializer for task arguments."),
     "accept_content": Setting(["json"], _to_str_list, "Serializers a worker decodes."),
@@ -128,32 +144,44 @@ SETTINGS: dict[str, Setting] = {
     "task_eager_propagates": Setting(True, _to_bool, "Eager failures raise at the call."),
     "task_acks_late": Setting(True, _to_bool, "Ack after the task ran (at least once)."),
     "task_ignore_result": Setting(False, _to_bool, "Store no results by default."),
-    "task_time_limit": Setting(None, _to_optional_float, "Hard limit in seconds."),
-    "task_soft_time_limit": Setting(None, _to_optional_float, "Soft limit in seconds."),
-    "task_max_retries": Setting(3, _to_int, "Default retries for self.retry()."),
-    "task_default_retry_delay": Setting(180.0, _to_float, "Default retry countdown."),
+    "task_time_limit": Setting(None, _positive(_to_optional_float), "Hard limit in seconds."),
+    "task_soft_time_limit": Setting(None, _positive(_to_optional_float), "Soft limit in seconds."),
+    "task_max_retries": Setting(
+        3, _positive(_to_int, allow_zero=True), "Default retries for self.retry()."
+    ),
+    "task_default_retry_delay": Setting(
+        180.0, _positive(_to_float, allow_zero=True), "Default retry countdown."
+    ),
     "task_max_deliveries": Setting(
-        5, _to_int, "Deliveries without finishing before a message is dead-lettered."
+        5, _positive(_to_int), "Deliveries without finishing before a message is dead-lettered."
     ),
     "task_max_message_bytes": Setting(
-        1_048_576, _to_int, "Largest encoded message a producer sends."
+        1_048_576, _positive(_to_int), "Largest encoded message a producer sends."
     ),
     "task_routes": Setting({}, _to_mapping, "Task name to options such as queue."),
     "task_track_started": Setting(True, _to_bool, "Store STARTED when a task begins."),
-    "broker_lease_seconds": Setting(30.0, _to_float, "How long a received message is leased."),
-    "broker_connect_timeout": Setting(10.0, _to_float, "Seconds to retry an unreachable broker."),
-    "worker_concurrency": Setting(None, _to_optional_float, "Processes or threads; CPU count."),
-    "worker_pool": Setting("prefork", _to_choice("prefork", "threads", "solo"), "Execution pool."),
-    "worker_prefetch_multiplier": Setting(4, _to_int, "Messages held per slot."),
-    "worker_shutdown_timeout": Setting(30.0, _to_float, "Seconds running tasks get at stop."),
+    "broker_lease_seconds": Setting(
+        30.0, _positive(_to_float), "How long a received message is leased."
+    ),
+    "broker_connect_timeout": Setting(
+        10.0, _positive(_to_float), "Seconds to retry an unreachable broker."
+    ),
+    "worker_concurrency": Setting(
+        None, _positive(_to_optional_float), "Processes or threads; CPU count."
+    ),
+    "worker_pool": Setting("prefork", _to_choice("prefork", "threads"), "Execution pool."),
+    "worker_prefetch_multiplier": Setting(4, _positive(_to_int), "Messages held per slot."),
+    "worker_shutdown_timeout": Setting(
+        30.0, _positive(_to_float, allow_zero=True), "Seconds running tasks get at stop."
+    ),
     "worker_queues": Setting(None, lambda v: None if v is None else _to_str_list(v), "Queues."),
     "timezone": Setting("UTC", _to_zone_name, "IANA zone for crontab schedules."),
     "beat_schedule": Setting({}, _to_mapping, "Periodic tasks."),
     "beat_schedule_filename": Setting("taskmesh-beat.db", _to_str, "Beat's state file."),
     "beat_state_url": Setting(None, _to_optional_str, "Store beat state in this store."),
-    "beat_lock_seconds": Setting(10.0, _to_float, "Expiry of beat's leader lock."),
+    "beat_lock_seconds": Setting(10.0, _positive(_to_float), "Expiry of beat's leader lock."),
     "beat_catch_up": Setting("once", _to_choice("once", "skip"), "Missed runs at start."),
-    "beat_max_loop_interval": Setting(1.0, _to_float, "Longest beat sleep."),
+    "beat_max_loop_interval": Setting(1.0, _positive(_to_float), "Longest beat sleep."),
 }
 
 
@@ -207,7 +235,21 @@ class Config:
             self[name] = value
 
     def finalize(self) -> None:
-        """Validate the environment overrides and make the settings read-only."""
+        """Validate the environment overrides and make the settings read-only.
+
+        Raises:
+            ConfigurationError: A ``TASKMESH_*`` variable names no setting (a
+                typo would otherwise be ignored in silence) or has a bad value.
+        """
+        for variable in os.environ:
+            if variable.startswith(_ENV_PREFIX) and variable not in _OTHER_VARIABLES:
+                name = variable[len(_ENV_PREFIX) :].lower()
+                if name not in SETTINGS:
+                    near = difflib.get_close_matches(name, list(SETTINGS), n=1)
+                    hint = f" Did you mean {_ENV_PREFIX}{near[0].upper()}?" if near else ""
+                    raise ConfigurationError(
+                        f"Environment variable {variable} names no setting.{hint}"
+                    )
         for name in SETTINGS:
             self[name]
         object.__setattr__(self, "_finalized", True)

@@ -132,6 +132,25 @@ class Envelope:
 
 
 _FIELDS = tuple(f.name for f in fields(Envelope))
+_NUMBER = (int, float, type(None))
+_TEXT = (str, type(None))
+_OBJECT = (dict, type(None))
+# What each optional field may hold on the wire (None: absent).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "queue": _TEXT,
+    "retries": (int, type(None)),
+    "eta": _NUMBER,
+    "expires": _NUMBER,
+    "priority": (int, type(None)),
+    "parent_id": _TEXT,
+    "root_id": _TEXT,
+    "group_id": _TEXT,
+    "headers": _OBJECT,
+    "options": _OBJECT,
+    "time_limit": _NUMBER,
+    "soft_time_limit": _NUMBER,
+    "sent_at": _NUMBER,
+}
 _DEFAULTS = {
     f.name: f.default for f in fields(Envelope) if isinstance(f.default, (int, float, str))
 }
@@ -187,8 +206,12 @@ class Codec:
             else:
                 data["content_type"] = self.serializer.name
                 data["payload"] = base64.b64encode(self.serializer.dumps(arguments)).decode()
-            body = json.dumps(data, separators=(",", ":"), allow_nan=False, sort_keys=True)
-        except (TypeError, ValueError) as exc:
+            # Sorted keys give the canonical form a signature covers; without
+            # signing, sorting would only refuse dicts with mixed key types.
+            body = json.dumps(
+                data, separators=(",", ":"), allow_nan=False, sort_keys=self._key is not None
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
             raise EncodeError(
                 f"Cannot encode the message for task {envelope.task!r} (id {envelope.id}) "
                 f"as {self.serializer.name}: {exc}. Pass JSON types (str, int, float, bool, "
@@ -230,6 +253,12 @@ class Codec:
                 f"Message for task {envelope.task!r} (id {envelope.id}) has args that are not "
                 "a list or kwargs that are not an object."
             )
+        wrong = [name for name, kinds in _TYPES.items() if not isinstance(data.get(name), kinds)]
+        if wrong:
+            raise DecodeError(
+                f"Message for task {envelope.task!r} (id {envelope.id}) has fields of the wrong "
+                f"type: {', '.join(f'{name}={data[name]!r}' for name in wrong)}."
+            )
         return envelope
 
     @staticmethod
@@ -237,7 +266,7 @@ class Codec:
         """Return ``(task_id, task_name)`` from a body if they can be read at all."""
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None, None
         if isinstance(data, dict) and isinstance(data.get("msg"), dict):
             data = data["msg"]
@@ -253,7 +282,7 @@ class Codec:
     def _load_object(body: bytes) -> dict[str, Any]:
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             preview = body[:60]
             raise DecodeError(f"Message body is not JSON ({exc}); it starts {preview!r}.") from exc
         if not isinstance(data, dict):

@@ -63,6 +63,8 @@ class TaskRecord:
         retries: How many retries ran before this state.
         date_done: When a ready state was stored (epoch seconds).
         worker: The hostname of the worker that stored it.
+        attempts: On STARTED, how many deliveries of this run have started the
+            task; the worker's poison-message limit counts these.
     """
 
     task_id: str
@@ -75,6 +77,7 @@ class TaskRecord:
     retries: int = 0
     date_done: float | None = None
     worker: str | None = None
+    attempts: int = 1
 
     @property
     def ready(self) -> bool:
@@ -94,6 +97,7 @@ class TaskRecord:
             "retries": self.retries,
             "date_done": self.date_done,
             "worker": self.worker,
+            "attempts": self.attempts,
         }
         return json.dumps(data, separators=(",", ":"), default=repr).encode()
 
@@ -112,6 +116,7 @@ class TaskRecord:
             retries=data.get("retries", 0),
             date_done=data.get("date_done"),
             worker=data.get("worker"),
+            attempts=data.get("attempts", 1),
         )
 
 
@@ -255,7 +260,8 @@ def rebuild_exception(record: TaskRecord) -> BaseException:
         if exc is not None:
             if isinstance(exc, TaskError) and not exc.remote_traceback:
                 exc.remote_traceback = record.traceback or ""
-            exc.__notes__ = [f"Remote traceback (task {record.task_id}):\n{record.traceback}"]
+            if record.traceback:
+                exc.__notes__ = [f"Remote traceback (task {record.task_id}):\n{record.traceback}"]
             return exc
     return TaskError(message, exc_type, record.traceback or "", record.task_id, record.name or "")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from taskmesh.errors import BrokerUnavailable, ConfigurationError
+from taskmesh.errors import BrokerUnavailable, ConfigurationError, ResultError, TaskmeshError
 
-__all__ = ["open_database", "sqlite_path"]
+__all__ = ["failure", "open_database", "sqlite_path"]
 
 
 def sqlite_path(url: str) -> str:
@@ -32,20 +32,52 @@ def sqlite_path(url: str) -> str:
     return rest
 
 
-def open_database(path: str, busy_timeout: float, schema: str) -> sqlite3.Connection:
+def failure(exc: sqlite3.Error, path: str, what: str, *, store: bool) -> TaskmeshError:
+    """Map a SQLite error to the taskmesh error a caller should see.
+
+    A read-only file or one that is not a database will not mend by retrying:
+    those are ``ConfigurationError``. Anything else (a lock held too long, a
+    full disk) is an outage the worker rides out: ``BrokerUnavailable`` for
+    the broker, ``ResultError`` for the result store.
+    """
+    text = str(exc)
+    if "readonly" in text or "not a database" in text or "unable to open" in text:
+        return ConfigurationError(
+            f"SQLite file {path!r} cannot be used for the {what}: {text}. Check that the "
+            "file and its folder are writable by this process and hold a SQLite database."
+        )
+    message = f"SQLite {what} {path!r} failed: {text}."
+    if store:
+        return ResultError(message)
+    return BrokerUnavailable(message, f"sqlite:///{path}")
+
+
+def open_database(
+    path: str, busy_timeout: float, schema: str, *, store: bool = False
+) -> sqlite3.Connection:
     """Open ``path`` in WAL mode with ``schema`` applied.
 
+    Args:
+        path: The file; created if missing, its folder must exist.
+        busy_timeout: Seconds to wait for another process's write lock.
+        schema: SQL run once per connection (``CREATE ... IF NOT EXISTS``).
+        store: Whether a result store (not the broker) opens it; picks the
+            error class of an outage.
+
     Raises:
-        BrokerUnavailable: The file cannot be opened or created.
+        ConfigurationError: The folder is missing, or the file is read-only or
+            not a SQLite database.
+        BrokerUnavailable: (broker) Any other failure to open it.
+        ResultError: (result store) Any other failure to open it.
     """
+    what = "result store" if store else "broker"
+    parent = Path(path).parent
+    if not parent.exists():
+        raise ConfigurationError(
+            f"Cannot open SQLite file {path!r} for the {what}: folder {str(parent)!r} does "
+            "not exist. Create it, or point the URL elsewhere."
+        )
     try:
-        parent = Path(path).parent
-        if not parent.exists():
-            raise BrokerUnavailable(
-                f"Cannot open SQLite file {path!r}: folder {str(parent)!r} does not exist. "
-                "Create it, or point the URL elsewhere.",
-                f"sqlite:///{path}",
-            )
         # One thread at a time uses a connection (the transport contract), but
         # not always the thread that opened it: a worker opens in its main
         # thread and consumes in its loop thread.
@@ -56,8 +88,5 @@ def open_database(path: str, busy_timeout: float, schema: str) -> sqlite3.Connec
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(schema)
     except sqlite3.Error as exc:
-        raise BrokerUnavailable(
-            f"Cannot open SQLite file {path!r}: {exc}. Check that it is a writable SQLite file.",
-            f"sqlite:///{path}",
-        ) from exc
+        raise failure(exc, path, what, store=store) from exc
     return conn

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskmesh.canvas import join
 from taskmesh.canvas.signature import Canvas, Outcome, encode_callbacks
+from taskmesh.errors import BrokerError
 
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
@@ -50,11 +51,19 @@ def succeeded(app: TaskMesh, outcome: Outcome, value: Any) -> None:
     steps: Sequence[Mapping[str, Any]] = outcome.options.get("chain") or ()
     if steps:
         envelopes.extend(_start(app, steps[0], (value,), steps[1:], extra))
-    chord = outcome.options.get("chord")
-    if chord is not None and join.count_member(app, chord, outcome.id):
-        envelopes.extend(_join(app, chord, extra))
     if envelopes:
         app.publish(envelopes)
+    chord = outcome.options.get("chord")
+    if chord is not None and join.count_member(app, chord, outcome.id):
+        try:
+            body = _join(app, chord, extra)
+            if body:
+                app.publish(body)
+        except BrokerError:
+            # The body was not sent: give the claim back, so that the header
+            # task's message, run again after this error, can join once more.
+            join.release(app, chord)
+            raise
 
 
 def failed(app: TaskMesh, outcome: Outcome, origin: Outcome) -> None:

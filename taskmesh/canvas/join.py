@@ -24,7 +24,15 @@ from taskmesh.result import GroupResult, State, TaskRecord, task_key
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
 
-__all__ = ["chord_error", "claim", "count_member", "gather", "store_copy", "store_value"]
+__all__ = [
+    "chord_error",
+    "claim",
+    "count_member",
+    "gather",
+    "release",
+    "store_copy",
+    "store_value",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,11 @@ def claim(app: TaskMesh, chord: Mapping[str, Any]) -> bool:
     """Claim the chord's outcome; return whether this call won it."""
     key = f"chord:{chord['group_id']}:done"
     return app.result_store().claim(key, expires_seconds=app.conf.result_expires)
+
+
+def release(app: TaskMesh, chord: Mapping[str, Any]) -> None:
+    """Undo a won claim whose body could not be sent, so a redelivery can claim again."""
+    app.result_store().delete(f"chord:{chord['group_id']}:done")
 
 
 def gather(app: TaskMesh, group_id: str) -> list[Any]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from taskmesh.errors import ConfigurationError
+from taskmesh.result import connect_store
 from taskmesh.urls import mask_url
 from taskmesh.worker.consumer import Consumer, ExecutorMode, install_stop_signals
 from taskmesh.worker.pool import PreforkSupervisor
@@ -66,6 +67,11 @@ class Worker:
         with app.connect_broker() as transport:
             for name in self.queues:
                 transport.declare(name)
+        store = connect_store(app.result_url)
+        try:
+            store.get("taskmesh:start-check")
+        finally:
+            store.close()
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the process exit status."""

@@ -58,6 +58,7 @@ EXIT_HARD_LIMIT = 75
 """Exit status of a prefork child ended by a task's hard time limit."""
 
 _RECEIVE_WAIT = 0.5
+_BACKSTOP_FACTOR = 4
 _BACKOFF_START, _BACKOFF_MAX = 0.2, 10.0
 
 
@@ -162,6 +163,9 @@ class Consumer:
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._crashed = False
+        # A prefork child stops when its supervisor is gone (killed with
+        # SIGKILL, say) instead of running on unsupervised.
+        self._parent = os.getppid() if mode is ExecutorMode.MAIN else None
         self._transport: Transport | None = None
         self._loop_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
@@ -302,6 +306,10 @@ class Consumer:
         outage: float | None = None
         try:
             while not self._stopping.is_set():
+                if self._parent is not None and os.getppid() != self._parent:
+                    logger.warning("worker parent gone, stopping this child")
+                    self._stopping.set()
+                    break
                 try:
                     self._settle(transport, block=self._full())
                     self._check_limits(transport)
@@ -354,7 +362,17 @@ class Consumer:
 
     def _admit(self, transport: Transport, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
-            job = self._screen(transport, delivery)
+            try:
+                job = self._screen(transport, delivery)
+            except BrokerError:
+                raise
+            except Exception as exc:
+                # Whatever a message holds, it must not stop the loop: one that
+                # cannot even be screened is set aside with the reason.
+                logger.warning("message unreadable queue=%s", delivery.queue, exc_info=True)
+                reason = f"message could not be read: {type(exc).__name__}: {exc}"
+                self._dead_letter(transport, delivery, reason, None, None)
+                continue
             if job is None:
                 continue
             self._held[id(job)] = job
@@ -364,12 +382,19 @@ class Consumer:
             self._buffer.put(job)
 
     def _screen(self, transport: Transport, delivery: Delivery) -> Job | None:
-        """Return a runnable job, or settle the message here and return ``None``."""
+        """Return a runnable job, or settle the message here and return ``None``.
+
+        The precise poison-message limit counts the deliveries on which the
+        task *started* (see ``execute``), so that messages prefetched beside
+        a task that kills its worker are not blamed for its deaths. The check
+        here is only a backstop against a message that ends its consumer
+        before any task starts.
+        """
         task_id, name = self.app.codec().peek_id(delivery.body)
-        if delivery.delivery_count > self.max_deliveries:
+        if delivery.delivery_count > self.max_deliveries * _BACKSTOP_FACTOR:
             reason = (
                 f"delivered {delivery.delivery_count} times without finishing "
-                f"(task_max_deliveries={self.max_deliveries}); the task may kill its worker"
+                f"(task_max_deliveries={self.max_deliveries}); it may end its worker"
             )
             self._dead_letter(transport, delivery, reason, task_id, name)
             return None

@@ -13,6 +13,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskmesh import canvas
 from taskmesh.errors import (
+    BrokerError,
     EncodeError,
     Ignore,
     MaxRetriesExceeded,
@@ -76,6 +78,14 @@ def truncate(value: Any, limit: int = _REPR_LIMIT) -> str:
     """Return ``repr(value)`` cut to ``limit`` characters, for logs."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def safe_str(exc: BaseException) -> str:
+    """Return ``str(exc)``, or a stand-in when the exception's ``__str__`` fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
 
 
 def exception_type_name(exc: BaseException) -> str:
@@ -184,7 +194,7 @@ def store_failure(
     record = TaskRecord(
         task_id=envelope_id,
         state=state,
-        result=str(exc),
+        result=safe_str(exc),
         name=name,
         exc_type=exception_type_name(exc),
         exc_args=_json_args(exc),
@@ -301,7 +311,11 @@ def _run(
         )
         logger.warning("task rejected name=%s id=%s reason=%s", task.name, envelope.id, misfit)
         return Verdict(Action.REJECT, misfit, State.FAILURE, error)
-    if app.conf.task_track_started and not task.ignore_result:
+    if delivery_count > 1 and not eager:
+        poisoned = _count_start(app, task, envelope, hostname, batch)
+        if poisoned is not None:
+            return poisoned
+    elif app.conf.task_track_started and not task.ignore_result:
         _store(
             app,
             task,
@@ -330,13 +344,65 @@ def _run(
     except Ignore:
         logger.info("task ignored name=%s id=%s", task.name, envelope.id)
         return Verdict(Action.ACK, state=State.PENDING)
-    except Exception as exc:  # a task's failure is data, stored below
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
+        # A task's failure is data, stored below. SystemExit and
+        # KeyboardInterrupt raised by a task are its failures too: they must
+        # not end the executor that ran it.
         return _failed(app, task, envelope, exc, hostname, started)
     finally:
         task.push_request(None)
     # A canvas step that follows may read this result: store it at once then.
     held = batch if batch is not None and not envelope.options else None
     return _succeeded(app, task, envelope, value, hostname, started, held)
+
+
+def _count_start(
+    app: TaskMesh,
+    task: Task[Any, Any],
+    envelope: Envelope,
+    hostname: str,
+    batch: ResultBatch | None,
+) -> Verdict | None:
+    """Count a redelivered message's start; refuse it past ``task_max_deliveries``.
+
+    A worker that dies also returns the messages it had only prefetched, so
+    the broker's delivery count blames them too. What identifies a message
+    that kills its worker is how often its task *started*: each start of a
+    redelivered message is stored in its STARTED record (even for tasks that
+    keep no result), and the start after the limit is dead-lettered instead.
+    Only redeliveries pay for the extra read.
+    """
+    if batch is not None:
+        batch.flush()
+    store = app.result_store()
+    raw = store.get(task_key(envelope.id))
+    previous = TaskRecord.from_bytes(raw) if raw is not None else None
+    starts = 0
+    if previous is not None and previous.state is State.STARTED:
+        if previous.retries == envelope.retries:
+            starts = previous.attempts
+    limit: int = app.conf.task_max_deliveries
+    if starts >= limit:
+        reason = (
+            f"started {starts} times without finishing (task_max_deliveries={limit}); "
+            "the task may kill its worker"
+        )
+        error = TaskRevoked(reason, task_id=envelope.id, task_name=task.name)
+        store_failure(
+            app, envelope.id, task.name, error, retries=envelope.retries, hostname=hostname
+        )
+        logger.warning("task dead-lettered name=%s id=%s reason=%s", task.name, envelope.id, reason)
+        return Verdict(Action.REJECT, reason, State.FAILURE, error)
+    record = TaskRecord(
+        envelope.id,
+        State.STARTED,
+        name=task.name,
+        retries=envelope.retries,
+        worker=hostname or None,
+        attempts=starts + 1,
+    )
+    store.set(task_key(envelope.id), record.to_bytes(), expires_seconds=app.conf.result_expires)
+    return None
 
 
 def _succeeded(
@@ -360,8 +426,10 @@ def _succeeded(
     )
     try:
         if value is not None and type(value) not in _SCALARS:
-            json.dumps(value)
-    except (TypeError, ValueError) as exc:
+            json.dumps(value, allow_nan=False)
+        elif type(value) is float and not math.isfinite(value):
+            raise ValueError(f"{value} is not a JSON number")
+    except (TypeError, ValueError, RecursionError) as exc:
         error = EncodeError(
             f"Task {task.name} (id {envelope.id}) returned {truncate(value, 80)}, which JSON "
             f"cannot store: {exc}. Return JSON types, or set ignore_result=True."
@@ -375,15 +443,37 @@ def _succeeded(
         envelope.queue,
         duration_ms,
     )
-    canvas.after_success(app, envelope, value)
+    _follow_up(canvas.after_success, app, envelope, value)
     return Verdict(Action.ACK, state=State.SUCCESS, value=value)
+
+
+def _follow_up(
+    hook: Callable[[TaskMesh, Envelope, Any], None], app: TaskMesh, envelope: Envelope, value: Any
+) -> None:
+    """Send what follows a task (callbacks, the next chain step, a chord join).
+
+    A broker error propagates, so the message runs again and the follow-up is
+    sent at least once. Anything else means the message's canvas options are
+    malformed: running the task again cannot mend them, so it is logged once.
+    """
+    try:
+        hook(app, envelope, value)
+    except BrokerError:
+        raise
+    except Exception:
+        logger.exception(
+            "task follow-up not sent name=%s id=%s options=%s",
+            envelope.task,
+            envelope.id,
+            truncate(dict(envelope.options), 120),
+        )
 
 
 def _failed(
     app: TaskMesh,
     task: Task[Any, Any],
     envelope: Envelope,
-    exc: Exception,
+    exc: BaseException,
     hostname: str,
     started: float,
 ) -> Verdict:
@@ -420,7 +510,7 @@ def _failed(
             truncate(exc),
             exc_info=exc,
         )
-    canvas.after_failure(app, envelope, exc)
+    _follow_up(canvas.after_failure, app, envelope, exc)
     return Verdict(Action.ACK, state=state, value=exc)
 
 

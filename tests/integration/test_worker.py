@@ -158,7 +158,7 @@ def test_message_that_kills_its_worker_is_dead_lettered_after_max_deliveries(
     scenario.settings.update(broker_lease_seconds=1, task_max_deliveries=2)
     scenario.start_worker(concurrency=1)
     result = scenario.app.send_task("scenario.die_always")
-    with pytest.raises(TaskRevoked, match="delivered 3 times"):
+    with pytest.raises(TaskRevoked, match="started 2 times without finishing"):
         result.get(timeout=60)
     dead = wait_until(lambda: scenario.dead_letters(), 20, "the dead letter")
     assert "task_max_deliveries=2" in dead[0][1]["x-dead-letter-reason"]
@@ -191,3 +191,13 @@ def test_second_sigint_stops_at_once_and_the_task_runs_again_later(
     scenario.start_worker(1, pool)
     assert result.get(timeout=30) == 3
     assert scenario.lines("sleep-start").count("interrupted") == 2
+
+
+def test_messages_prefetched_beside_a_worker_killer_still_run(scenario: Scenario) -> None:
+    scenario.settings.update(broker_lease_seconds=1, task_max_deliveries=2)
+    killer = scenario.app.send_task("scenario.die_always")
+    innocents = [scenario.app.send_task("scenario.add", [i, i]) for i in range(5)]
+    scenario.start_worker(concurrency=1)
+    assert [r.get(timeout=90) for r in innocents] == [0, 2, 4, 6, 8]
+    with pytest.raises(TaskRevoked, match="started 2 times"):
+        killer.get(timeout=60)
