@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from taskmesh import GroupResult, State, TaskMesh, chain, chord, group
-from taskmesh.canvas import join
-from taskmesh.errors import ChordError
+from taskmesh.canvas import Outcome, callbacks, join
+from taskmesh.errors import BrokerUnavailable, ChordError
 
 
 @pytest.fixture
@@ -180,3 +180,28 @@ def test_link_on_a_group_calls_back_per_member(app: TaskMesh, calls: list[tuple[
     members = [sig(app, "add", 1, 1), sig(app, "add", 2, 2)]
     group(members).apply_async(link=sig(app, "record", "each"))
     assert sorted(calls) == [("each", 2), ("each", 4)]
+
+
+def test_body_not_sent_gives_the_claim_back_for_the_redelivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = uuid.uuid4().hex
+    app = TaskMesh("proj", broker=f"memory://{name}", backend=f"memory://{name}")
+    app.task(name="proj.tsum")(sum)
+    header = chord([app.tasks["proj.tsum"].s([1])], app.tasks["proj.tsum"].s())
+    header.freeze(app)
+    (envelope,) = header.build(app, (), {}, [], {})
+    join.store_value(app, Outcome.of(envelope), 1)  # the header task's stored result
+    real_publish = app.publish
+
+    def broker_down(envelopes: Any) -> None:
+        raise BrokerUnavailable("down for this test")
+
+    monkeypatch.setattr(app, "publish", broker_down)
+    with pytest.raises(BrokerUnavailable):
+        callbacks.after_success(app, envelope, 1)
+    monkeypatch.setattr(app, "publish", real_publish)
+    callbacks.after_success(app, envelope, 1)  # the redelivered header task
+    callbacks.after_success(app, envelope, 1)  # and once more: counted already
+    bodies = app.transport().receive(["default"], 10, 0.1)
+    assert [app.codec().decode(d.body).args for d in bodies] == [[[1]]]
