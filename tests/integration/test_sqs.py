@@ -312,6 +312,27 @@ class TestFifo:
         transport.ack_many(got)
         assert transport.receive([queue], 10, 1.0) == []
 
+    def test_resend_of_a_received_message_is_not_dropped_as_a_duplicate(
+        self, transport: SQSTransport
+    ) -> None:
+        # The worker's early-ETA path publishes the received body again, then
+        # acks the original: SQS must not swallow the copy as a duplicate.
+        queue = "resend.fifo"
+        body = json.dumps({"id": "task-9", "task": "t"}).encode()
+        transport.publish(Outgoing(queue, body))
+        [first] = wait_until(lambda: transport.receive([queue], 10, 1.0), 10, "the message")
+        transport.publish(Outgoing(queue, first.body, first.headers))
+        transport.ack(first)
+        again = wait_until(lambda: transport.receive([queue], 10, 1.0), 10, "the copy")
+        assert [delivery.body for delivery in again] == [body]
+
+    def test_retries_on_a_fifo_queue_are_not_deduplicated(self, sqs_scenario: Scenario) -> None:
+        sqs_scenario.queue += ".fifo"
+        sqs_scenario.start_worker(concurrency=1)
+        result = sqs_scenario.app.send_task("scenario.flaky", [2])
+        assert result.get(timeout=60) == 2
+        assert result.retries == 2
+
     def test_priority_is_ignored(self, transport: SQSTransport) -> None:
         queue = "prio.fifo"
         transport.publish(Outgoing(queue, b'{"id":"a","task":"t"}', priority=0))
