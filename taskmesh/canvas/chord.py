@@ -9,10 +9,15 @@ the winner of that claim sends the body. A header task that fails for good
 claims the same key, so the chord fails exactly once, with a ``ChordError`` in
 the body's result, and the body never runs.
 
+If the broker refuses the body, the claim is given back and the error
+propagates, so the header task's message runs again and joins once more.
+
 Limitations:
     A worker killed between winning the claim and publishing the body leaves
     the chord PENDING: the redelivered header task finds the claim taken.
-    The window is one publish long (issue #4).
+    The window is one publish long (issue #4). A header task whose message is
+    dead-lettered or expires in the consumer, without running, does not fail
+    its chord yet: the consumer does not call the canvas on those paths.
 """
 
 from __future__ import annotations
