@@ -251,7 +251,7 @@ class KombuTransport(Transport):
                 raise
             except errors as exc:
                 self._drop()
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() >= deadline:
                     raise BrokerUnavailable(
                         f"{what} on {self.safe_url} failed for {self.connect_timeout} s: {exc!r}.",
                         self.safe_url,
@@ -259,7 +259,7 @@ class KombuTransport(Transport):
                 logger.warning(
                     "broker %s failed, retrying url=%s error=%r", what, self.safe_url, exc
                 )
-                time.sleep(pause)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause = min(2.0, pause * 2)
 
     # publishing ----------------------------------------------------------------------

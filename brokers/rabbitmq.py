@@ -300,14 +300,14 @@ class RabbitMQTransport(Transport):
             try:
                 self._connection = pika.BlockingConnection(self._parameters)
             except _DRIVER_ERRORS as exc:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() >= deadline:
                     raise BrokerUnavailable(
                         f"Cannot connect to RabbitMQ at {self.safe_url} within "
                         f"{self.connect_timeout} s: {exc!r}. Check that the server runs and "
                         "that the URL's host, port, vhost and credentials are right.",
                         self.safe_url,
                     ) from exc
-                time.sleep(pause)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause = min(2.0, pause * 2)
                 continue
             logger.debug("broker connected url=%s", self.safe_url)
@@ -400,14 +400,14 @@ class RabbitMQTransport(Transport):
             except _DRIVER_ERRORS as exc:
                 error = exc
                 self._drop()
-            if time.monotonic() + pause > deadline:
+            if time.monotonic() >= deadline:
                 raise BrokerUnavailable(
                     f"RabbitMQ at {self.safe_url} did not confirm a {what} within "
                     f"{self.connect_timeout} s: {error!r}.",
                     self.safe_url,
                 ) from error
             logger.warning("broker %s failed, retrying url=%s error=%r", what, self.safe_url, error)
-            time.sleep(pause)
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(2.0, pause * 2)
 
     def _send(
@@ -562,7 +562,10 @@ class RabbitMQTransport(Transport):
         # those the caller still holds plus what it asks for now.
         prefetch = self.prefetch_count or max(len(self._outstanding) + wanted, self._prefetch)
         if prefetch != self._prefetch:
-            channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+            if self.queue_type == "quorum":
+                self._restart_consumers(channel, prefetch)
+            else:
+                channel.basic_qos(prefetch_count=prefetch, global_qos=True)
             self._prefetch = prefetch
         for queue in queues:
             if queue not in self._consuming:
@@ -570,6 +573,21 @@ class RabbitMQTransport(Transport):
                 self._consuming[queue] = channel.basic_consume(
                     queue, self._on_message(queue), auto_ack=False
                 )
+
+    def _restart_consumers(self, channel: BlockingChannel, prefetch: int) -> None:
+        """Set a per-consumer prefetch, which quorum queues need instead of a global one.
+
+        A per-consumer prefetch binds consumers started after it, so the
+        running ones are cancelled first (and started again by the caller).
+        Messages already received are dispatched into the buffer beforehand, as
+        pika would give back the undispatched ones on cancel.
+        """
+        if self._consuming and self._connection is not None:
+            self._connection.process_data_events(0)
+        for tag in self._consuming.values():
+            channel.basic_cancel(tag)
+        self._consuming = {}
+        channel.basic_qos(prefetch_count=prefetch)
 
     def _on_message(self, queue: str) -> Callable[..., None]:
         def on_message(

@@ -7,11 +7,21 @@ and delayed messages only; and a lease ends when its channel closes.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
 import pytest
 
-from taskmesh.transport import Delivery, Outgoing, Transport
-from tests.integration.contract import TransportContract, receive_until
-from tests.servers import RabbitMQServer
+from taskmesh.errors import BrokerUnavailable, ConfigurationError, ConnectionLost, MessageTooLarge
+from taskmesh.result import State, TaskRecord, task_key
+from taskmesh.transport import Delivery, Outgoing, Transport, connect
+from tests.integration.contract import TransportContract, receive_until, unique
+from tests.integration.harness import Scenario, scenario_context, wait_until
+from tests.servers import LOOPBACK, RabbitMQServer, free_port
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -46,3 +56,211 @@ class TestRabbitMQTransport(TransportContract):
         assert transport.size(queue) == 0
         transport.ack(leased)
         assert transport.receive([queue], 1, 0.3) == []
+
+
+@pytest.mark.slow
+class TestQuorumQueues(TestRabbitMQTransport):
+    """The same contract on quorum queues, which count deliveries themselves."""
+
+    @pytest.fixture
+    def transport_url(self, rabbitmq: RabbitMQServer) -> str:
+        return f"{rabbitmq.url}?queue_type=quorum"
+
+    def test_higher_priority_first_then_publish_order(
+        self, transport: Transport, queue: str
+    ) -> None:
+        pytest.skip("quorum queues in RabbitMQ 3.x do not support priorities (documented)")
+
+    def test_queues_are_quorum_queues(self, transport: Transport, queue: str) -> None:
+        # Redeclaring as classic fails only if the queue really is a quorum queue.
+        with connect(transport.url.replace("queue_type=quorum", "queue_type=classic")) as other:
+            with pytest.raises(ConfigurationError, match="other settings"):
+                other.declare(queue)
+
+
+# the broker on its own ------------------------------------------------------------------------
+
+
+def test_unknown_option_and_bad_values_are_configuration_errors(rabbitmq: RabbitMQServer) -> None:
+    with pytest.raises(ConfigurationError, match="queue_type"):
+        connect(f"{rabbitmq.url}?queue_type=stream")
+    with pytest.raises(ConfigurationError, match="max_priority"):
+        connect(f"{rabbitmq.url}?max_priority=10")
+
+
+def test_wrong_password_is_broker_unavailable_and_never_shows_it(
+    rabbitmq: RabbitMQServer,
+) -> None:
+    url = rabbitmq.url.replace("guest:guest", "guest:s3cret-pw") + "?connect_timeout=1"
+    with connect(url) as transport, pytest.raises(BrokerUnavailable) as caught:
+        transport.publish(Outgoing(unique(), b"x"))
+    assert "s3cret-pw" not in str(caught.value)
+    assert "s3cret-pw" not in caught.value.url
+    assert "s3cret-pw" not in repr(transport)
+
+
+def test_publish_to_a_dead_server_fails_after_its_retry_window() -> None:
+    url = f"amqp://guest:guest@{LOOPBACK}:{free_port()}/%2F?connect_timeout=1"
+    started = time.monotonic()
+    with connect(url) as transport, pytest.raises(BrokerUnavailable, match="within 1"):
+        transport.publish(Outgoing("q", b"x"))
+    assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_too_large_message_is_refused_before_sending(rabbitmq: RabbitMQServer) -> None:
+    with connect(rabbitmq.url) as transport, pytest.raises(MessageTooLarge, match="bytes"):
+        transport.publish(Outgoing(unique(), b"x" * (128 * 1024 * 1024 + 1)))
+
+
+def test_messages_survive_a_broker_restart_and_the_transport_reconnects(
+    rabbitmq: RabbitMQServer,
+) -> None:
+    queue = unique()
+    with connect(rabbitmq.url) as transport:
+        transport.publish(Outgoing(queue, b"persistent", {"k": "v"}))
+        transport.publish(Outgoing(queue, b"delayed", delay=3))
+        rabbitmq.restart()
+        with pytest.raises(ConnectionLost):
+            transport.receive([queue], 1, 0.5)
+        [first] = receive_until(transport, [queue], 1)
+        assert (first.body, dict(first.headers), first.delivery_count) == (
+            b"persistent",
+            {"k": "v"},
+            1,
+        )
+        transport.ack(first)
+        [second] = receive_until(transport, [queue], 1)
+        assert second.body == b"delayed"
+        transport.ack(second)
+
+
+def test_delay_of_days_waits_in_the_longest_fitting_delay_queue(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    with connect(rabbitmq.url) as transport:
+        transport.publish(Outgoing(queue, b"in two days", delay=2 * 86400))
+        assert transport.receive([queue], 1, 0.5) == []
+        assert transport.size(queue) == 1
+        level = 125 << 20  # 131,072 s: the longest level within two days
+        with pika_channel(rabbitmq) as channel:
+            frame = channel.queue_declare(f"{queue}.delay.{level}", passive=True)
+            assert frame.method.message_count == 1
+        assert transport.purge(queue) == 1
+
+
+def test_redelivered_message_is_counted_on_a_classic_queue(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    with connect(rabbitmq.url) as first, connect(rabbitmq.url) as second:
+        first.publish(Outgoing(queue, b"crashy"))
+        for expected in (1, 2, 3):
+            [delivery] = receive_until(first, [queue], 1)
+            assert delivery.delivery_count == expected
+            drop_connection(first)  # the consumer dies holding it
+        [delivery] = receive_until(second, [queue], 1)
+        assert delivery.delivery_count == 4
+        second.ack(delivery)
+        assert second.size(queue) == 0
+
+
+@contextlib.contextmanager
+def pika_channel(server: RabbitMQServer) -> Iterator[Any]:
+    """A plain pika channel on the server, to look at what the adapter made."""
+    connection = pika.BlockingConnection(pika.URLParameters(server.url))
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
+
+
+# worker scenarios of issue #5 -----------------------------------------------------------------
+
+
+@pytest.fixture
+def amqp_scenario(rabbitmq: RabbitMQServer, tmp_path: Path) -> Iterator[Scenario]:
+    yield from scenario_context(rabbitmq.url, f"sqlite:///{tmp_path}/results.db", tmp_path)
+
+
+def succeeded(scenario: Scenario, ids: list[str]) -> int:
+    store = scenario.app.result_store()
+    raws = store.get_many([task_key(task_id) for task_id in ids])
+    return sum(
+        1 for raw in raws if raw is not None and TaskRecord.from_bytes(raw).state is State.SUCCESS
+    )
+
+
+def server_log(server: RabbitMQServer) -> str:
+    return "".join(
+        path.read_text(errors="replace") for path in (server.folder / "log").glob("*.log")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_2000_tasks_complete_across_a_broker_restart(
+    rabbitmq: RabbitMQServer, amqp_scenario: Scenario
+) -> None:
+    workers = [amqp_scenario.start_worker(4, "threads") for _ in range(2)]
+    app = amqp_scenario.app
+    envelopes = [app.build_envelope("scenario.mark", [f"k{i}"]) for i in range(2000)]
+    ids = [envelope.id for envelope in envelopes]
+    for start in range(0, 2000, 100):
+        app.publish(envelopes[start : start + 100])
+    wait_until(lambda: len(amqp_scenario.lines("mark")) >= 300, 120, "300 tasks to run")
+    rabbitmq.restart()
+    wait_until(lambda: succeeded(amqp_scenario, ids) == 2000, 300, "all 2000 results", every=1)
+    assert set(amqp_scenario.lines("mark")) == {f"k{i}" for i in range(2000)}
+    for worker in workers:
+        assert worker.process.poll() is None
+        assert "broker connection lost" in worker.output()
+        # A worker that found nothing left may still be in its reconnect backoff.
+        wait_until(
+            lambda w=worker: "broker connection restored" in w.output(), 30, "the reconnection"
+        )
+    with app.connect_broker() as transport:
+        wait_until(lambda: transport.size(amqp_scenario.queue) == 0, 60, "an empty queue")
+
+
+@pytest.mark.slow
+def test_task_longer_than_ten_heartbeats_keeps_its_connection(
+    rabbitmq: RabbitMQServer, amqp_scenario: Scenario
+) -> None:
+    amqp_scenario.broker_url = f"{rabbitmq.url}?heartbeat=1"
+    # One slot and no prefetch beyond it: while the task runs, the loop thread
+    # has no room and never calls receive; only the heartbeat thread talks.
+    amqp_scenario.settings["worker_prefetch_multiplier"] = 1
+    worker = amqp_scenario.start_worker(1, "prefork")
+    missed_before = server_log(rabbitmq).count("missed heartbeats")
+    result = amqp_scenario.app.send_task("scenario.sleep", [12.0, "long"])
+    assert result.get(timeout=60) == 12.0
+    assert amqp_scenario.lines("sleep-start") == ["long"]
+    assert "broker connection lost" not in worker.output()
+    assert server_log(rabbitmq).count("missed heartbeats") == missed_before
+
+
+def test_high_priority_runs_before_low_queued_earlier(amqp_scenario: Scenario) -> None:
+    amqp_scenario.settings["worker_prefetch_multiplier"] = 1
+    amqp_scenario.start_worker(1, "threads")
+    app = amqp_scenario.app
+    busy = app.send_task("scenario.sleep", [1.0, "busy"])
+    wait_until(lambda: amqp_scenario.lines("sleep-start"), 20, "the worker to be busy")
+    low = [app.build_envelope("scenario.mark", [f"low-{i}"], priority=0) for i in range(50)]
+    high = [app.build_envelope("scenario.mark", [f"high-{i}"], priority=9) for i in range(50)]
+    app.publish(low)
+    app.publish(high)
+    assert busy.get(timeout=30) == 1.0
+    ids = [envelope.id for envelope in low + high]
+    wait_until(lambda: succeeded(amqp_scenario, ids) == 100, 60, "all 100 tasks")
+    order = amqp_scenario.lines("mark")
+    assert order == [f"high-{i}" for i in range(50)] + [f"low-{i}" for i in range(50)]
+
+
+@pytest.mark.slow
+def test_countdown_of_twenty_seconds_hops_and_runs_once_not_early(
+    amqp_scenario: Scenario,
+) -> None:
+    amqp_scenario.start_worker(1, "threads")
+    sent = time.time()
+    result = amqp_scenario.app.send_task("scenario.started_at", ["eta"], countdown=20)
+    started = result.get(timeout=60)
+    # 16 s then 4 s through the delay queues: not early, about a second late at most.
+    assert sent + 20 <= started < sent + 21.5
+    assert len(amqp_scenario.lines("started")) == 1
