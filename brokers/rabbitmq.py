@@ -548,6 +548,7 @@ class RabbitMQTransport(Transport):
         taken: list[Delivery] = []
         while True:
             self._connection.process_data_events(0)
+            self._check_open(channel)
             while self._incoming and len(taken) < max_messages:
                 delivery = self._accept(channel, self._incoming.popleft())
                 if delivery is not None:
@@ -556,6 +557,22 @@ class RabbitMQTransport(Transport):
             if taken or remaining <= 0:
                 return taken
             self._connection.process_data_events(min(remaining, 0.5))
+
+    def _check_open(self, channel: BlockingChannel) -> None:
+        """Raise if the broker closed the channel while pika was only reading.
+
+        pika raises a broker's channel close at the next call on the channel,
+        not inside ``process_data_events``; without this check a receive would
+        quietly open a new channel and the caller would never hear why (a
+        consumer timeout, say).
+        """
+        if channel.is_open:
+            return
+        self._drop()
+        reason = getattr(channel, "_closing_reason", None)
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            raise ConnectionLost(self._closed_message(reason), self.safe_url) from reason
+        raise ConnectionLost(f"The channel to {self.safe_url} closed: {reason!r}.", self.safe_url)
 
     def _consume(self, channel: BlockingChannel, queues: Sequence[str], wanted: int) -> None:
         # The channel-wide prefetch counts unacked deliveries, so it must cover

@@ -9,6 +9,7 @@ missing skips its tests, unless ``TASKMESH_REQUIRE_SERVERS=1`` (set by
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import shutil
@@ -246,6 +247,7 @@ class RabbitMQServer:
     folder: Path
     node: str = field(default_factory=lambda: f"tm{uuid.uuid4().hex[:10]}@localhost")
     settings: dict[str, str] = field(default_factory=dict)
+    advanced: str = "[]."
     process: subprocess.Popen[bytes] | None = None
     epmd: subprocess.Popen[bytes] | None = None
 
@@ -279,7 +281,6 @@ class RabbitMQServer:
     def _write_config(self) -> None:
         settings = {
             "listeners.tcp.1": f"{LOOPBACK}:{self.port}",
-            "management.tcp.ip": LOOPBACK,
             "log.console": "false",
             "log.file.level": "info",
             **self.settings,
@@ -287,7 +288,7 @@ class RabbitMQServer:
         lines = [f"{key} = {value}" for key, value in settings.items()]
         (self.folder / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.folder / "rabbitmq-env.conf").write_text("")
-        (self.folder / "advanced.config").write_text("[].\n")
+        (self.folder / "advanced.config").write_text(self.advanced + "\n")
         (self.folder / "enabled_plugins").write_text("[].\n")
         record = pwd.getpwnam(RABBITMQ_USER)
         for path in [self.folder, *self.folder.rglob("*")]:
@@ -311,6 +312,7 @@ class RabbitMQServer:
                 stderr=subprocess.DEVNULL,
                 user=RABBITMQ_USER,
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
             wait_for_port(self.epmd_port, time.monotonic() + 15, self.epmd)
         with open(self.folder / "console.log", "ab") as console:
@@ -323,6 +325,7 @@ class RabbitMQServer:
                 cwd=self.folder,
                 user=RABBITMQ_USER,
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         self._wait_ready(time.monotonic() + 90)
 
@@ -373,6 +376,17 @@ class RabbitMQServer:
         self.start()
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies.
+
+    A pytest killed from outside runs no ``finally``; this way its node (the
+    rabbitmq-server script stops the VM on SIGTERM) and epmd still go.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
     """Stop a process started with ``start_new_session`` and what it spawned.
 
@@ -393,10 +407,16 @@ def stop_group(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def rabbitmq_server(**settings: str) -> Iterator[RabbitMQServer]:
-    """Run a rabbitmq-server node for the duration of the block."""
+def rabbitmq_server(advanced: str = "[].", **settings: str) -> Iterator[RabbitMQServer]:
+    """Run a rabbitmq-server node for the duration of the block.
+
+    Args:
+        advanced: The node's ``advanced.config`` (Erlang terms).
+        settings: Extra ``rabbitmq.conf`` lines, as key and value.
+    """
     folder = Path(tempfile.mkdtemp(prefix="taskmesh-rabbitmq-"))
-    server = RabbitMQServer(free_port(), free_port(), free_port(), folder, settings=settings)
+    ports = free_port(), free_port(), free_port()
+    server = RabbitMQServer(*ports, folder, settings=settings, advanced=advanced)
     try:
         server.start()
         yield server

@@ -21,7 +21,7 @@ from taskmesh.result import State, TaskRecord, task_key
 from taskmesh.transport import Delivery, Outgoing, Transport, connect
 from tests.integration.contract import TransportContract, receive_until, unique
 from tests.integration.harness import Scenario, scenario_context, wait_until
-from tests.servers import LOOPBACK, RabbitMQServer, free_port
+from tests.servers import LOOPBACK, RabbitMQServer, free_port, rabbitmq_server
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -264,3 +264,28 @@ def test_countdown_of_twenty_seconds_hops_and_runs_once_not_early(
     # 16 s then 4 s through the delay queues: not early, about a second late at most.
     assert sent + 20 <= started < sent + 21.5
     assert len(amqp_scenario.lines("started")) == 1
+
+
+@pytest.mark.slow
+def test_consumer_timeout_close_is_reported_and_the_message_comes_back() -> None:
+    # A node of its own whose consumer_timeout is two seconds, checked every
+    # half second (the default checks once a minute against 30 minutes).
+    advanced = "[{rabbit, [{consumer_timeout, 2000}, {channel_tick_interval, 500}]}]."
+    queue = unique()
+    with rabbitmq_server(advanced=advanced) as server, connect(server.url) as transport:
+        transport.publish(Outgoing(queue, b"slow task"))
+        [held] = receive_until(transport, [queue], 1)
+
+        def closed_under_us() -> str:
+            try:
+                transport.receive([queue], 1, 0.2)
+            except ConnectionLost as exc:
+                return str(exc)
+            return ""
+
+        message = wait_until(closed_under_us, 30, "the consumer timeout to close the channel")
+        assert "consumer_timeout" in message
+        transport.ack(held)  # a no-op now, not an error
+        [again] = receive_until(transport, [queue], 1)
+        assert (again.body, again.delivery_count) == (b"slow task", 2)
+        transport.ack(again)
