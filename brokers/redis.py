@@ -9,9 +9,10 @@ Options (query string):
   several apps can share one database;
 - ``socket_timeout`` (float, default 10): seconds a command may take on the wire;
 - ``connect_timeout`` (float, default 5): seconds to open a connection;
-- ``retry_timeout`` (float, default 10): seconds publish, ack, requeue and lease
-  extension keep retrying an unreachable server before raising
-  ``BrokerUnavailable``; ``0`` fails at once;
+- ``retry_timeout`` (float, default 10): seconds every call but ``receive``
+  keeps retrying an unreachable server before raising ``BrokerUnavailable``;
+  ``0`` fails at once. A ``receive`` raises at once, as the worker's loop backs
+  off and logs the outage itself;
 - ``db`` (int): the database, for ``unix://`` URLs;
 - ``ssl_cert_reqs`` (``required``, ``optional`` or ``none``) and
   ``ssl_ca_certs`` (a path): certificate checks for ``rediss://``.
@@ -382,13 +383,15 @@ class RedisTransport(Transport):
             ConnectionLost: The connection dropped; call again to reconnect.
             BrokerUnavailable: Redis cannot be reached, or is loading its data.
         """
+        if max_messages < 1 or not queues:
+            return []
         kinds = ("ready", "delayed", "leased", "messages", "deliveries", "wake")
         keys = [key for queue in queues for key in self._keys(queue, *kinds)]
         wake_keys = [self._client.key(queue, "wake") for queue in queues]
         lease_ms = max(1, round(self.lease_seconds * 1000))
         deadline = time.monotonic() + timeout
         while True:
-            reply = self._script("receive", keys, [max(1, max_messages), lease_ms], retry=False)
+            reply = self._script("receive", keys, [max_messages, lease_ms], retry=False)
             if len(reply) > 1:
                 return self._deliveries(queues, reply)
             remaining = deadline - time.monotonic()

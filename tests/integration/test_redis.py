@@ -103,6 +103,13 @@ def warm_up(transport: Transport) -> None:
     transport.purge("warm-up.dead")
 
 
+def test_receive_of_zero_messages_leases_none(redis: RedisServer) -> None:
+    with connect(prefixed(redis)) as transport:
+        transport.publish(Outgoing("q", b"stays"))
+        assert transport.receive(["q"], 0, 0.1) == []
+        assert [d.body for d in transport.receive(["q"], 5, 1.0)] == [b"stays"]
+
+
 def test_publish_many_is_one_round_trip_per_500_messages(own_redis: RedisServer) -> None:
     with connect(prefixed(own_redis)) as transport:
         warm_up(transport)
