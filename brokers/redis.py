@@ -78,7 +78,6 @@ from taskmesh.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
-    TaskmeshError,
 )
 from taskmesh.transport import (
     ORIGIN_HEADER,
@@ -168,19 +167,11 @@ class RedisClient:
     Args:
         url: The Redis URL (its query string is ignored here).
         settings: The options read from it.
-        errors: Builds the exception to raise from a kind (``unavailable``,
-            ``lost`` or ``failed``) and a message.
     """
 
-    def __init__(
-        self,
-        url: str,
-        settings: RedisSettings,
-        errors: Callable[[str, str], TaskmeshError],
-    ) -> None:
+    def __init__(self, url: str, settings: RedisSettings) -> None:
         self.safe_url = mask_url(url)
         self.settings = settings
-        self._errors = errors
         self._outage: float | None = None
         bare = url.partition("?")[0]  # urlunsplit would drop unix://'s empty host
         kwargs: dict[str, Any] = {
@@ -211,9 +202,10 @@ class RedisClient:
         """Run ``fn``, mapping errors; retry connection errors if ``retry``.
 
         Raises:
-            TaskmeshError: What ``errors`` builds: unavailable after the retry
-                window (or at once without ``retry``), lost for a dropped
-                connection, failed for any other Redis error.
+            BrokerUnavailable: Redis cannot be reached, is loading or read-only,
+                or refused the credentials (after the retry window, if any).
+            ConnectionLost: An established connection dropped (without retry).
+            BrokerError: Redis answered with an error.
         """
         deadline: float | None = None
         pause = 0.05
@@ -221,8 +213,8 @@ class RedisClient:
             try:
                 result = fn()
             except AuthenticationError as exc:
-                raise self._errors(
-                    "unavailable", f"Redis {self.safe_url} refused the credentials: {exc}."
+                raise BrokerUnavailable(
+                    f"Redis {self.safe_url} refused the credentials: {exc}.", self.safe_url
                 ) from exc
             except _RETRYABLE as exc:
                 now = time.monotonic()
@@ -234,8 +226,8 @@ class RedisClient:
                 pause = min(pause * 2, 1.0)
                 continue
             except RedisError as exc:
-                raise self._errors(
-                    "failed", f"Redis {operation} on {self.safe_url} failed: {exc}."
+                raise BrokerError(
+                    f"Redis {operation} on {self.safe_url} failed: {exc}.", self.safe_url
                 ) from exc
             if self._outage is not None:
                 logger.info(
@@ -259,7 +251,7 @@ class RedisClient:
                 exc,
             )
 
-    def _map(self, operation: str, exc: Exception) -> TaskmeshError:
+    def _map(self, operation: str, exc: Exception) -> BrokerError:
         if isinstance(exc, BusyLoadingError):
             detail = "is loading its data set"
         elif isinstance(exc, ReadOnlyError):
@@ -267,27 +259,19 @@ class RedisClient:
         elif "connecting to" in str(exc) or "Connection refused" in str(exc):
             detail = f"cannot be reached ({exc})"
         else:
-            return self._errors(
-                "lost", f"Connection to Redis {self.safe_url} lost during {operation}: {exc}."
+            return ConnectionLost(
+                f"Connection to Redis {self.safe_url} lost during {operation}: {exc}.",
+                self.safe_url,
             )
-        return self._errors(
-            "unavailable",
+        return BrokerUnavailable(
             f"Redis {self.safe_url} {detail}; {operation} failed. Check that the server runs "
             "and the URL is right.",
+            self.safe_url,
         )
 
     def close(self) -> None:
         """Close the pool's connections; idempotent."""
         self.redis.close()
-
-
-def _broker_error(kind: str, message: str) -> TaskmeshError:
-    classes: dict[str, type[BrokerError]] = {
-        "unavailable": BrokerUnavailable,
-        "lost": ConnectionLost,
-        "failed": BrokerError,
-    }
-    return classes[kind](message)
 
 
 def _load_scripts(client: redis.Redis) -> dict[str, Any]:
@@ -306,8 +290,17 @@ def _encode(message: Outgoing) -> bytes:
 
 
 def _decode(payload: bytes) -> tuple[dict[str, str], bytes]:
-    headers, _, body = payload.partition(b"\n")
-    return json.loads(headers), body
+    raw, _, body = payload.partition(b"\n")
+    try:
+        headers = json.loads(raw)
+    except (ValueError, RecursionError):
+        headers = None
+    if not isinstance(headers, dict):
+        # Written by something other than this adapter: hand the message on
+        # (the worker dead-letters what it cannot decode) rather than stop
+        # the receive loop on it.
+        return {"x-unreadable-headers": repr(raw[:100])}, body
+    return {str(key): str(value) for key, value in headers.items()}, body
 
 
 class RedisTransport(Transport):
@@ -325,7 +318,7 @@ class RedisTransport(Transport):
     def __init__(self, url: str, *, lease_seconds: float = 30.0) -> None:
         super().__init__(url, lease_seconds=lease_seconds)
         settings = read_settings(url)
-        self._client = RedisClient(url, settings, _broker_error)
+        self._client = RedisClient(url, settings)
         self._scripts = _load_scripts(self._client.redis)
         # Block no longer than half the socket timeout, so a blocking read
         # never looks like a dead connection.

@@ -86,6 +86,12 @@ def test_payload_round_trip(body: bytes, headers: dict[str, str]) -> None:
     assert broker._decode(payload) == (headers, body)
 
 
+@pytest.mark.parametrize("payload", [b"no newline at all", b"[1, 2]\nbody", b"{bad json\nbody"])
+def test_a_foreign_payload_is_handed_on_not_fatal(payload: bytes) -> None:
+    headers, _ = broker._decode(payload)
+    assert "x-unreadable-headers" in headers
+
+
 def test_too_large_a_message_is_refused_before_any_call(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker, "MAX_MESSAGE_BYTES", 10)
     transport = broker.RedisTransport(URL)
@@ -94,9 +100,7 @@ def test_too_large_a_message_is_refused_before_any_call(monkeypatch: pytest.Monk
 
 
 def client(retry_timeout: float = 0) -> broker.RedisClient:
-    return broker.RedisClient(
-        URL, broker.RedisSettings(retry_timeout=retry_timeout), broker._broker_error
-    )
+    return broker.RedisClient(URL, broker.RedisSettings(retry_timeout=retry_timeout))
 
 
 def failing(*errors: Exception) -> Callable[[], str]:
@@ -134,6 +138,7 @@ def test_driver_errors_map_to_taskmesh_errors(
     assert type(caught.value) is expected
     assert caught.value.__cause__ is error
     assert "secret" not in str(caught.value)
+    assert caught.value.url == "redis://:***@127.0.0.1:1/0"
 
 
 def test_retry_outlasts_a_short_outage_and_logs_it_once(
