@@ -95,6 +95,10 @@ def _connect(url: str, settings: _Settings) -> redis.Redis:
         raise ConfigurationError(
             f"Timeouts in {mask_url(url)} must be above 0 (retry_timeout: 0 or more)."
         )
+    if settings.ssl_cert_reqs not in (None, "required", "optional", "none"):
+        raise ConfigurationError(
+            f"Option ssl_cert_reqs in {mask_url(url)} must be required, optional or none."
+        )
     kwargs: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,
         "socket_connect_timeout": settings.connect_timeout,

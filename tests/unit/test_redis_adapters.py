@@ -59,6 +59,8 @@ def test_store_rejects_the_same_bad_options() -> None:
         RedisResultStore(f"{URL}?key_prefx=a")
     with pytest.raises(ConfigurationError, match="Timeouts"):
         RedisResultStore(f"{URL}?socket_timeout=0")
+    with pytest.raises(ConfigurationError, match="ssl_cert_reqs"):
+        RedisResultStore(f"{URL}?ssl_cert_reqs=maybe")
 
 
 def test_a_malformed_url_fails_at_construction_without_the_password() -> None:
