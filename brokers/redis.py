@@ -218,7 +218,7 @@ class RedisClient:
                 ) from exc
             except _RETRYABLE as exc:
                 now = time.monotonic()
-                self._lost(operation, exc, now, retrying=retry)
+                self._lost(operation, exc, now, retrying=retry and self.settings.retry_timeout > 0)
                 deadline = deadline if deadline is not None else now + self.settings.retry_timeout
                 if not retry or now >= deadline:
                     raise self._map(operation, exc) from exc
