@@ -203,6 +203,27 @@ class RedisResultStore(ResultStore):
 
         self._call("set", write)
 
+    def set_many(self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float) -> None:
+        """Store several ``(key, value, notify)`` items in one pipelined round trip.
+
+        In order, each write before its notification; not atomic as a whole.
+
+        Raises:
+            ResultError: Redis stayed unreachable for ``retry_timeout``.
+        """
+        if not items:
+            return
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for key, value, notify in items:
+                pipe.set(self._key(key), value, px=_milliseconds(expires_seconds))
+                if notify:
+                    pipe.publish(self._channel(key), b"1")
+            pipe.execute()
+
+        self._call("set_many", write)
+
     def get(self, key: str) -> bytes | None:
         """Return the value under ``key``, or ``None``."""
         return _as_bytes(self._call("get", lambda: self._redis.get(self._key(key))))

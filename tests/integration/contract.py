@@ -449,6 +449,25 @@ class ResultStoreContract:
             time.sleep(0.1)
         assert store.get(key) is None
 
+    def test_set_many_stores_each_in_order(self, store: ResultStore) -> None:
+        first, second = unique("k"), unique("k")
+        items = [(first, b"old", False), (second, b"two", True), (first, b"new", True)]
+        store.set_many(items, expires_seconds=60)
+        assert store.get_many([first, second]) == [b"new", b"two"]
+        store.set_many([], expires_seconds=60)
+
+    def test_set_many_wakes_waiters(
+        self, open_store: Callable[[], ResultStore], store: ResultStore, key: str
+    ) -> None:
+        writer = open_store()
+        items = [(unique("other"), b"x", False), (key, b"done", True)]
+        timer = threading.Timer(0.3, lambda: writer.set_many(items, expires_seconds=60))
+        timer.start()
+        try:
+            assert store.wait(key, 20.0, lambda v: v == b"done") == b"done"
+        finally:
+            timer.join()
+
     def test_get_many_keeps_order_and_reports_missing(self, store: ResultStore) -> None:
         keys = [unique("k") for _ in range(5)]
         for index in (0, 2, 4):
