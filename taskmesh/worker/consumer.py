@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from taskmesh.canvas import after_failure
 from taskmesh.errors import (
     BrokerError,
     DecodeError,
@@ -43,7 +44,14 @@ from taskmesh.errors import (
 )
 from taskmesh.result import State
 from taskmesh.transport import Delivery, Outgoing, Transport
-from taskmesh.worker.execute import Action, ResultBatch, Verdict, execute, store_failure
+from taskmesh.worker.execute import (
+    Action,
+    ResultBatch,
+    Verdict,
+    execute,
+    follow_up,
+    store_failure,
+)
 
 if TYPE_CHECKING:
     from taskmesh.app import TaskMesh
@@ -400,9 +408,16 @@ class Consumer:
             return None
         try:
             envelope = self.app.codec().decode(delivery.body)
-            task = self.app.get_task(envelope.task)
-        except (DecodeError, NotRegistered) as exc:
+        except DecodeError as exc:
             self._dead_letter(transport, delivery, str(exc), task_id, name, exc)
+            return None
+        try:
+            task = self.app.get_task(envelope.task)
+        except NotRegistered as exc:
+            self._dead_letter(transport, delivery, str(exc), task_id, name, exc)
+            # A workflow waiting on this task (a chord, a chain's link_error)
+            # hears of the failure like of any other.
+            follow_up(after_failure, self.app, envelope, exc)
             return None
         now = time.time()
         if envelope.expires is not None and envelope.expires <= now:
@@ -459,6 +474,7 @@ class Consumer:
         store_failure(
             self.app, envelope.id, envelope.task, error, state=State.REVOKED, hostname=self.hostname
         )
+        follow_up(after_failure, self.app, envelope, error)
         transport.ack(delivery)
 
     def _full(self) -> bool:
@@ -545,8 +561,6 @@ class Consumer:
             job.envelope.id,
             (limit or 0) * 1000,
         )
-        from taskmesh.canvas import after_failure
-
         store_failure(
             self.app,
             job.envelope.id,
@@ -555,7 +569,7 @@ class Consumer:
             retries=job.envelope.retries,
             hostname=self.hostname,
         )
-        after_failure(self.app, job.envelope, error)
+        follow_up(after_failure, self.app, job.envelope, error)
         if not job.acked:
             transport.ack(job.delivery)
             job.acked = True

@@ -28,6 +28,7 @@ from taskmesh.errors import (
     Ignore,
     MaxRetriesExceeded,
     Reject,
+    ResultError,
     Retry,
     TaskRevoked,
 )
@@ -39,7 +40,15 @@ if TYPE_CHECKING:
     from taskmesh.protocol import Envelope
     from taskmesh.task import Task
 
-__all__ = ["Action", "ResultBatch", "Verdict", "execute", "run_eagerly", "store_failure"]
+__all__ = [
+    "Action",
+    "ResultBatch",
+    "Verdict",
+    "execute",
+    "follow_up",
+    "run_eagerly",
+    "store_failure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +319,7 @@ def _run(
             app, envelope.id, task.name, error, retries=envelope.retries, hostname=hostname
         )
         logger.warning("task rejected name=%s id=%s reason=%s", task.name, envelope.id, misfit)
+        follow_up(canvas.after_failure, app, envelope, error)
         return Verdict(Action.REJECT, misfit, State.FAILURE, error)
     if delivery_count > 1 and not eager:
         poisoned = _count_start(app, task, envelope, hostname, batch)
@@ -392,6 +402,7 @@ def _count_start(
             app, envelope.id, task.name, error, retries=envelope.retries, hostname=hostname
         )
         logger.warning("task dead-lettered name=%s id=%s reason=%s", task.name, envelope.id, reason)
+        follow_up(canvas.after_failure, app, envelope, error)
         return Verdict(Action.REJECT, reason, State.FAILURE, error)
     record = TaskRecord(
         envelope.id,
@@ -443,22 +454,23 @@ def _succeeded(
         envelope.queue,
         duration_ms,
     )
-    _follow_up(canvas.after_success, app, envelope, value)
+    follow_up(canvas.after_success, app, envelope, value)
     return Verdict(Action.ACK, state=State.SUCCESS, value=value)
 
 
-def _follow_up(
+def follow_up(
     hook: Callable[[TaskMesh, Envelope, Any], None], app: TaskMesh, envelope: Envelope, value: Any
 ) -> None:
     """Send what follows a task (callbacks, the next chain step, a chord join).
 
-    A broker error propagates, so the message runs again and the follow-up is
-    sent at least once. Anything else means the message's canvas options are
+    A broker or result-store error propagates, so the message runs again and
+    the follow-up is sent at least once. Anything else means the message's canvas options are
     malformed: running the task again cannot mend them, so it is logged once.
     """
     try:
         hook(app, envelope, value)
-    except BrokerError:
+    except (BrokerError, ResultError):
+        # Sending again is safe: a chord counts each header task once.
         raise
     except Exception:
         logger.exception(
@@ -510,7 +522,7 @@ def _failed(
             truncate(exc),
             exc_info=exc,
         )
-    _follow_up(canvas.after_failure, app, envelope, exc)
+    follow_up(canvas.after_failure, app, envelope, exc)
     return Verdict(Action.ACK, state=state, value=exc)
 
 

@@ -374,11 +374,6 @@ def test_random_nested_canvas_matches_local_evaluation(
     assert result.get(timeout=TIMEOUT) == _evaluate(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #4: the consumer stores REVOKED for an expired or dead-lettered message "
-    "without calling canvas.after_failure, so its chord is never decided",
-)
 def test_expired_header_task_fails_the_chord(sqlite_scenario: Scenario) -> None:
     scenario = sqlite_scenario
     app = scenario.app
