@@ -66,6 +66,7 @@ import os
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -102,6 +103,7 @@ T = TypeVar("T")
 
 DELIVERIES_HEADER = "x-taskmesh-deliveries"
 NOT_BEFORE_HEADER = "x-taskmesh-not-before"
+HELD_HEADER = "x-taskmesh-held"
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 DELAY_LEVELS_MS: tuple[int, ...] = tuple(125 << level for level in range(24))
@@ -171,6 +173,16 @@ class _Receipt:
     generation: int
     tag: int
     priority: int
+    received_at: float
+
+
+@dataclass(slots=True)
+class _Held:
+    """A long-held delivery, acked on its channel and kept as a copy in a holding queue."""
+
+    queue: str
+    marker: str
+    copied_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +213,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefetch_count": int,
     "queue_type": _parse_queue_type,
     "max_priority": _parse_priority,
+    "consumer_timeout": float,
 }
 
 
@@ -213,7 +226,7 @@ class RabbitMQTransport(Transport):
         fifo=True,
         dead_letter=False,
         max_message_bytes=MAX_MESSAGE_BYTES,
-        lease_extension=False,
+        lease_extension=True,
     )
 
     def __init__(self, url: str, *, lease_seconds: float = 30.0, **overrides: Any) -> None:
@@ -224,6 +237,9 @@ class RabbitMQTransport(Transport):
         self.prefetch_count: int = options.get("prefetch_count", 0)
         self.queue_type: str = options.get("queue_type", "classic")
         self.max_priority: int = options.get("max_priority", 9)
+        self.consumer_timeout: float = options.get("consumer_timeout", 1800.0)
+        self._holder = uuid.uuid4().hex[:12]
+        self._hold_seconds = max(1.0, 2 * lease_seconds)
         self._parameters = self._connection_parameters(url)
         self._reset_state()
 
@@ -238,10 +254,12 @@ class RabbitMQTransport(Transport):
         self._prefetch = 0
         self._incoming: deque[_Incoming] = deque()
         self._outstanding: set[int] = set()
+        self._held: dict[tuple[int, int], _Held] = {}
         self._last_io = time.monotonic()
         self._pulse_stop = threading.Event()
         self._pulse: threading.Thread | None = None
         self._closed = False
+        self._lost: BaseException | None = None
 
     def _connection_parameters(self, url: str) -> pika.URLParameters:
         bare, _ = split_options(url)
@@ -353,6 +371,7 @@ class RabbitMQTransport(Transport):
             except _DRIVER_ERRORS as exc:
                 logger.warning("broker heartbeat failed url=%s error=%r", self.safe_url, exc)
                 self._drop()
+                self._lost = exc
             finally:
                 self._lock.release()
 
@@ -541,6 +560,11 @@ class RabbitMQTransport(Transport):
         return f"RabbitMQ closed the channel: {exc.reply_code} {text}."
 
     def _receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            # The heartbeat thread saw the connection go: say so once, as a
+            # receive on the dead connection would have, before reconnecting.
+            raise lost
         channel = self._open()
         self._consume(channel, queues, max_messages)
         assert self._connection is not None  # opened with the channel
@@ -641,7 +665,7 @@ class RabbitMQTransport(Transport):
             )
             channel.basic_ack(incoming.tag)
             return None
-        receipt = _Receipt(self._generation, incoming.tag, priority)
+        receipt = _Receipt(self._generation, incoming.tag, priority, time.monotonic())
         self._outstanding.add(incoming.tag)
         return Delivery(incoming.queue, incoming.body, user_headers(headers), count, receipt)
 
@@ -663,6 +687,8 @@ class RabbitMQTransport(Transport):
         """Ack several deliveries (acks are not confirmed, so no round trip)."""
         with self._locked():
             for delivery in deliveries:
+                if self._release_held(delivery):
+                    continue
                 receipt = self._live(delivery)
                 if receipt is None or self._channel is None:
                     continue
@@ -699,7 +725,116 @@ class RabbitMQTransport(Transport):
         self.ack(delivery)
 
     def extend_lease(self, delivery: Delivery, seconds: float) -> None:
-        """Do nothing: an unacked delivery is held for as long as its channel lives."""
+        """Keep a long-held delivery safe from the server's consumer timeout.
+
+        An unacked delivery is held for as long as its channel lives, except
+        that RabbitMQ closes a channel whose delivery stays unacked past its
+        ``consumer_timeout``. So a delivery held for half of ``consumer_timeout``
+        is *moved*: a copy goes to the holding queue ``Q.held.<id>`` of this
+        transport, whose TTL dead-letters it back into ``Q``, and the original
+        is acked. Later calls re-publish the copy before its TTL runs out, and
+        ack, reject or requeue drop it. If this process dies, the copy returns
+        to ``Q`` within ``2 * lease_seconds``.
+
+        Raises:
+            ConnectionLost: The connection dropped while moving or renewing.
+        """
+        self.extend_leases([delivery], seconds)
+
+    def extend_leases(self, deliveries: Sequence[Delivery], seconds: float) -> None:
+        """Move or renew the long-held ones among ``deliveries`` (see :meth:`extend_lease`)."""
+        with self._locked():
+            try:
+                self._extend(deliveries)
+            except _DRIVER_ERRORS as exc:
+                self._drop()
+                raise ConnectionLost(
+                    f"Lost the connection to RabbitMQ at {self.safe_url}: {exc!r}.", self.safe_url
+                ) from exc
+
+    def _extend(self, deliveries: Sequence[Delivery]) -> None:
+        now = time.monotonic()
+        renew: set[str] = set()
+        for delivery in deliveries:
+            receipt: _Receipt = delivery.receipt
+            held = self._held.get((receipt.generation, receipt.tag))
+            if held is not None:
+                if now - held.copied_at >= self._hold_seconds / 2:
+                    renew.add(held.queue)
+            elif now - receipt.received_at >= self.consumer_timeout / 2:
+                if self._live(delivery) is not None and receipt.tag in self._outstanding:
+                    self._move_to_holding(delivery)
+        for queue in renew:
+            self._sweep_holding(queue)
+
+    def _holding_queue(self, channel: BlockingChannel, queue: str) -> tuple[str, int]:
+        """Declare ``queue``'s holding queue of this transport; return its name and size."""
+        name = f"{queue}.held.{self._holder}"
+        hold_ms = round(self._hold_seconds * 1000)
+        arguments = {
+            "x-message-ttl": hold_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue,
+            "x-expires": 2 * hold_ms + 60_000,
+        }
+        frame = channel.queue_declare(name, durable=True, arguments=arguments)
+        return name, int(frame.method.message_count)
+
+    def _move_to_holding(self, delivery: Delivery) -> None:
+        receipt: _Receipt = delivery.receipt
+        channel = self._open()
+        holding, _ = self._holding_queue(channel, delivery.queue)
+        marker = uuid.uuid4().hex
+        headers: dict[str, Any] = dict(delivery.headers)
+        headers[DELIVERIES_HEADER] = delivery.delivery_count
+        headers[HELD_HEADER] = marker
+        properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent, headers=headers, priority=receipt.priority
+        )
+        # Copy first, confirmed, then ack: a crash in between duplicates.
+        channel.basic_publish("", holding, delivery.body, properties, mandatory=True)
+        channel.basic_ack(receipt.tag)
+        self._outstanding.discard(receipt.tag)
+        self._held[(receipt.generation, receipt.tag)] = _Held(
+            delivery.queue, marker, time.monotonic()
+        )
+        logger.info(
+            "long delivery moved to holding queue queue=%s held_ms=%.0f",
+            delivery.queue,
+            (time.monotonic() - receipt.received_at) * 1000,
+        )
+
+    def _sweep_holding(self, queue: str) -> None:
+        """Take every copy out of ``queue``'s holding queue; put back those still held."""
+        channel = self._open()
+        holding, count = self._holding_queue(channel, queue)
+        keep = {held.marker: held for held in self._held.values() if held.queue == queue}
+        for _ in range(count):
+            method, properties, body = channel.basic_get(holding, auto_ack=False)
+            if method is None:
+                break
+            marker = (properties.headers or {}).get(HELD_HEADER)
+            if marker in keep:
+                channel.basic_publish("", holding, body, properties, mandatory=True)
+                keep[marker].copied_at = time.monotonic()
+            channel.basic_ack(method.delivery_tag)
+
+    def _release_held(self, delivery: Delivery) -> bool:
+        """Drop a moved delivery's copy; return False if it was never moved."""
+        receipt: _Receipt = delivery.receipt
+        held = self._held.pop((receipt.generation, receipt.tag), None)
+        if held is None:
+            return False
+        try:
+            self._sweep_holding(held.queue)
+        except _DRIVER_ERRORS as exc:
+            # The copy comes back to its queue when its TTL runs out: a
+            # duplicate run, never a loss.
+            logger.warning(
+                "held copy not dropped queue=%s url=%s error=%r", held.queue, self.safe_url, exc
+            )
+            self._drop()
+        return True
 
     # measuring -----------------------------------------------------------------------
 

@@ -210,7 +210,7 @@ def test_2000_tasks_complete_across_a_broker_restart(
     assert set(amqp_scenario.lines("mark")) == {f"k{i}" for i in range(2000)}
     for worker in workers:
         assert worker.process.poll() is None
-        assert "broker connection lost" in worker.output()
+        wait_until(lambda w=worker: "broker connection lost" in w.output(), 30, "the outage log")
         # A worker that found nothing left may still be in its reconnect backoff.
         wait_until(
             lambda w=worker: "broker connection restored" in w.output(), 30, "the reconnection"
@@ -266,13 +266,32 @@ def test_countdown_of_twenty_seconds_hops_and_runs_once_not_early(
     assert len(amqp_scenario.lines("started")) == 1
 
 
-@pytest.mark.slow
-def test_consumer_timeout_close_is_reported_and_the_message_comes_back() -> None:
-    # A node of its own whose consumer_timeout is two seconds, checked every
-    # half second (the default checks once a minute against 30 minutes).
+@pytest.fixture(scope="module")
+def impatient_rabbitmq() -> Iterator[RabbitMQServer]:
+    """A node whose consumer_timeout is two seconds, checked every half second.
+
+    (The defaults: 30 minutes, checked once a minute.)
+    """
     advanced = "[{rabbit, [{consumer_timeout, 2000}, {channel_tick_interval, 500}]}]."
+    with rabbitmq_server(advanced=advanced) as server:
+        yield server
+
+
+def hold(transport: Transport, queue: str, delivery: Delivery, seconds: float) -> None:
+    """Keep ``delivery`` unacked for ``seconds`` while receiving, as a worker's loop does."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        transport.extend_leases([delivery], transport.lease_seconds)
+        assert transport.receive([queue], 1, 0.2) == []
+
+
+@pytest.mark.slow
+def test_consumer_timeout_close_is_reported_and_the_message_comes_back(
+    impatient_rabbitmq: RabbitMQServer,
+) -> None:
     queue = unique()
-    with rabbitmq_server(advanced=advanced) as server, connect(server.url) as transport:
+    # consumer_timeout left at its default: the adapter thinks it has 30 minutes.
+    with connect(impatient_rabbitmq.url) as transport:
         transport.publish(Outgoing(queue, b"slow task"))
         [held] = receive_until(transport, [queue], 1)
 
@@ -289,3 +308,56 @@ def test_consumer_timeout_close_is_reported_and_the_message_comes_back() -> None
         [again] = receive_until(transport, [queue], 1)
         assert (again.body, again.delivery_count) == (b"slow task", 2)
         transport.ack(again)
+
+
+@pytest.mark.slow
+def test_delivery_held_past_the_consumer_timeout_is_moved_and_kept(
+    impatient_rabbitmq: RabbitMQServer,
+) -> None:
+    queue = unique()
+    url = f"{impatient_rabbitmq.url}?consumer_timeout=2"
+    with connect(url, lease_seconds=1) as transport, connect(url) as other:
+        transport.publish(Outgoing(queue, b"long task"))
+        [delivery] = receive_until(transport, [queue], 1)
+        hold(transport, queue, delivery, 6)  # three consumer timeouts, six holding TTLs
+        assert other.receive([queue], 1, 0.5) == []
+        transport.ack(delivery)
+        # The copy is gone with the ack: nothing comes back after its TTL.
+        assert other.receive([queue], 1, 3.0) == []
+        assert transport.size(queue) == 0
+
+
+@pytest.mark.slow
+def test_moved_delivery_of_a_dead_consumer_comes_back_with_its_count(
+    impatient_rabbitmq: RabbitMQServer,
+) -> None:
+    queue = unique()
+    url = f"{impatient_rabbitmq.url}?consumer_timeout=2"
+    with connect(url, lease_seconds=1) as transport, connect(url) as other:
+        transport.publish(Outgoing(queue, b"long task", {"k": "v"}))
+        [delivery] = receive_until(transport, [queue], 1)
+        hold(transport, queue, delivery, 1.5)
+        drop_connection(transport)  # dies without acking or renewing
+        [again] = receive_until(other, [queue], 1, deadline=10)
+        assert (again.body, dict(again.headers), again.delivery_count) == (
+            b"long task",
+            {"k": "v"},
+            2,
+        )
+        other.ack(again)
+
+
+@pytest.mark.slow
+def test_worker_task_longer_than_the_consumer_timeout_runs_once(
+    impatient_rabbitmq: RabbitMQServer, tmp_path: Path
+) -> None:
+    url = f"{impatient_rabbitmq.url}?consumer_timeout=2"
+    backend = f"sqlite:///{tmp_path}/results.db"
+    with contextlib.contextmanager(scenario_context)(url, backend, tmp_path) as scenario:
+        scenario.settings["broker_lease_seconds"] = 1.5
+        worker = scenario.start_worker(1, "prefork")
+        result = scenario.app.send_task("scenario.sleep", [6.0, "long"])
+        assert result.get(timeout=60) == 6.0
+        assert scenario.lines("sleep-start") == ["long"]
+        assert "long delivery moved to holding queue" in worker.output()
+        assert "broker connection lost" not in worker.output()
