@@ -16,12 +16,14 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["redis_ceiling", "sqlite_ceiling"]
+__all__ = ["redis_ceiling", "sqlite_ceiling", "transport_latency"]
 
 
 def _redis_benchmark(host: str, port: int, clients: int, requests: int) -> dict[str, float]:
@@ -69,10 +71,93 @@ def redis_ceiling(url: str, count: int = 20000) -> dict[str, Any]:
                 pipe.lpush(key, b"x" * 200)
             pipe.execute()
         out["redis-py lpush, pipelined by 1,000"] = count / (time.perf_counter() - started)
+        out.update(_redis_latency(url, key + ":latency"))
     finally:
         client.delete(key)
         client.close()
     return out
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples.sort()
+    return samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99) - 1] * 1000
+
+
+def _paced(send: Callable[[bytes], None], count: int, rate: float) -> None:
+    started = time.monotonic()
+    for index in range(count):
+        pause = started + index / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        send(repr(time.time()).encode())
+
+
+def _redis_latency(url: str, key: str, count: int = 1000, rate: float = 200.0) -> dict[str, Any]:
+    """LPUSH from one connection, BRPOP on another, at ``rate``; the floor for latency."""
+    import redis
+
+    samples: list[float] = []
+    receiver = redis.Redis.from_url(url)
+
+    def receive() -> None:
+        while len(samples) < count:
+            reply = receiver.brpop([key], timeout=5)
+            if reply is None:
+                return
+            samples.append(time.time() - float(reply[1]))
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    sender = redis.Redis.from_url(url)
+    try:
+        _paced(lambda body: sender.lpush(key, body), count, rate)
+        thread.join(30)
+    finally:
+        sender.delete(key)
+        sender.close()
+    receiver.close()
+    if len(samples) < count:
+        return {}
+    p50, p99 = _percentiles(samples)
+    return {
+        "redis-py LPUSH to BRPOP latency, p50 ms": p50,
+        "redis-py LPUSH to BRPOP latency, p99 ms": p99,
+    }
+
+
+def transport_latency(url: str, count: int = 1000, rate: float = 200.0) -> dict[str, Any]:
+    """Publish to receive latency through taskmesh's transport alone, no worker."""
+    from taskmesh.transport import Outgoing, connect
+
+    queue = f"bench-latency-{time.time_ns()}"
+    samples: list[float] = []
+    consumer, producer = connect(url), connect(url)
+    consumer.declare(queue)
+
+    def receive() -> None:
+        deadline = time.monotonic() + count / rate + 30
+        while len(samples) < count and time.monotonic() < deadline:
+            for delivery in consumer.receive([queue], 4, 0.5):
+                samples.append(time.time() - float(delivery.body))
+                consumer.ack(delivery)
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    try:
+        _paced(lambda body: producer.publish(Outgoing(queue, body)), count, rate)
+        thread.join(count / rate + 60)
+    finally:
+        producer.close()
+    consumer.purge(queue)
+    consumer.close()
+    if len(samples) < count:
+        return {}
+    p50, p99 = _percentiles(samples)
+    scheme = url.split("://")[0]
+    return {
+        f"taskmesh {scheme} transport alone, publish to receive, p50 ms": p50,
+        f"taskmesh {scheme} transport alone, publish to receive, p99 ms": p99,
+    }
 
 
 def sqlite_ceiling(count: int = 5000) -> dict[str, Any]:

@@ -128,11 +128,14 @@ def render(report: dict[str, Any]) -> str:
         "",
         *_systems_table(report),
         "",
-        "Broker ceiling (operations/s):",
+        "Broker ceiling (operations/s, or milliseconds where the name says ms):",
         "",
-        "| client | ops/s |",
+        "| measure | value |",
         "| --- | ---: |",
-        *(f"| {name} | {_num(rate)} |" for name, rate in report["ceiling"].items()),
+        *(
+            f"| {name} | {_num(value, 2 if name.endswith(' ms') else 0)} |"
+            for name, value in report["ceiling"].items()
+        ),
     ]
     ours_all = [r for r in report["systems"] if r["system"].startswith("taskmesh")]
     peers = [r for r in report["systems"] if not r["system"].startswith("taskmesh")]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu
-from bench.ceiling import redis_ceiling, sqlite_ceiling
+from bench.ceiling import redis_ceiling, sqlite_ceiling, transport_latency
 from bench.report import render
 
 __all__ = ["main"]
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 report["ceiling"].update(redis_ceiling(redis_url))
             if broker.startswith("sqlite"):
                 report["ceiling"].update(sqlite_ceiling())
+            report["ceiling"].update(transport_latency(broker))
             runs: list[tuple[str, str, str]] = [
                 (sys.executable, name, broker) for name in opts.taskmesh.split(",")
             ]
