@@ -16,7 +16,9 @@ Options (query string):
 - ``queue_type`` (``classic`` or ``quorum``, default ``classic``): the type of
   the work queues this adapter declares;
 - ``max_priority`` (int 0-9, default 9): ``x-max-priority`` of classic work
-  queues; ``0`` declares plain FIFO queues.
+  queues; ``0`` declares plain FIFO queues;
+- ``consumer_timeout`` (float, default 1800): the server's ``consumer_timeout``
+  in seconds; a delivery held for half of it is moved out of the channel (below).
 
 How it maps the broker interface (see ``docs/rabbitmq.md`` for the long form):
 
@@ -26,9 +28,9 @@ How it maps the broker interface (see ``docs/rabbitmq.md`` for the long form):
   :meth:`Transport.reject` itself publishes there with the reason as a header;
 - publish: persistent messages, publisher confirms, ``mandatory``; a nack, an
   unroutable return or a lost connection is retried until ``connect_timeout``;
-- receive: ``basic.consume`` with a channel-wide prefetch; the lease is the
-  unacked delivery, which RabbitMQ gives back when the channel or the
-  connection closes (a dead worker), so there is nothing to extend;
+- receive: ``basic.consume`` with a channel-wide prefetch (per consumer on
+  quorum queues); the lease is the unacked delivery, which RabbitMQ gives back
+  when the channel or the connection closes (a dead worker);
 - delivery count: quorum queues report ``x-delivery-count``. Classic queues
   only say ``redelivered``, so a redelivered message is published again with
   the count in the ``x-taskmesh-deliveries`` header and the original acked;
@@ -44,18 +46,29 @@ How it maps the broker interface (see ``docs/rabbitmq.md`` for the long form):
   RabbitMQ 3.x ignore priorities).
 
 Consumer timeout: RabbitMQ closes a channel whose oldest unacked delivery is
-older than the server's ``consumer_timeout`` (30 min by default). A worker
-running tasks longer than that needs the server setting raised above the
-longest task's time limit (``consumer_timeout`` in ``rabbitmq.conf``); the
-adapter reports such a close as :class:`~taskmesh.errors.ConnectionLost` naming
-the setting, and the message runs again on the next delivery.
+older than the server's ``consumer_timeout`` (30 min by default; per queue only
+from 3.12). :meth:`RabbitMQTransport.extend_lease`, which the worker calls for
+every running task, moves a delivery held for half that time into a holding
+queue of its own (a TTL queue dead-lettering back to ``Q``), acks the original
+and keeps re-publishing the copy until the task settles; if the worker dies,
+the copy comes back within ``2 * lease_seconds``. Should a channel be closed
+anyway (the option set higher than the server's value), the next ``receive``
+raises :class:`~taskmesh.errors.ConnectionLost` naming the setting.
 
 Capabilities: delays (any length), priorities 0-9 (classic queues), FIFO within
-a priority, messages up to 128 MiB (the server's default ``max_message_size``),
-core dead-lettering with the reason. Tested with RabbitMQ 3.10 and pika 1.3+.
+a priority, lease extension (as above), messages up to 128 MiB (the server's
+default ``max_message_size``), core dead-lettering with the reason. Tested with
+RabbitMQ 3.10 and pika 1.4.
 
-Limitations: :meth:`RabbitMQTransport.size` counts ready and delayed messages
-but not unacked ones, which AMQP does not report (issue #5).
+Threads: one owner at a time, as for every transport; the heartbeat thread
+takes the same lock before it touches the connection.
+
+Limitations (issue #5): :meth:`RabbitMQTransport.size` counts ready and delayed
+messages, not unacked or moved ones, which AMQP does not report; queues are
+consumed together, so "in the order given" holds only among messages already
+pushed. The module runs past 800 lines because topology, delay hops, counted
+redeliveries and the holding queue share one connection's state; split, each
+part would reach into the others' private fields.
 """
 
 from __future__ import annotations

@@ -1,0 +1,110 @@
+"""The RabbitMQ adapter's pure logic: delay levels, delivery counts, headers, options.
+
+Nothing here connects: the adapter opens its connection on first use.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from taskmesh.brokers.rabbitmq import (
+    DELAY_LEVELS_MS,
+    RabbitMQTransport,
+    delay_level_ms,
+    delivery_count,
+    user_headers,
+)
+from taskmesh.errors import ConfigurationError
+from taskmesh.transport import connect
+
+URL = "amqp://app:s3cret@127.0.0.1:5672/%2F"
+
+
+def test_delay_levels_run_from_an_eighth_of_a_second_to_beyond_twelve_days() -> None:
+    assert DELAY_LEVELS_MS[0] == 125
+    assert all(b == 2 * a for a, b in itertools.pairwise(DELAY_LEVELS_MS))
+    assert DELAY_LEVELS_MS[-1] / 1000 / 86400 > 12
+
+
+@pytest.mark.parametrize(
+    ("remaining_ms", "level"),
+    [(1, 125), (124.9, 125), (125, 125), (999, 500), (1000, 1000), (1500, 1000), (20_000, 16_000)],
+)
+def test_delay_level_is_the_longest_that_does_not_overshoot(
+    remaining_ms: float, level: int
+) -> None:
+    assert delay_level_ms(remaining_ms) == level
+
+
+@pytest.mark.parametrize("days", [1, 2, 7, 30])
+def test_a_delay_of_days_takes_about_twenty_hops_and_is_never_early(days: int) -> None:
+    remaining = days * 86_400_000.0
+    hops = 0
+    while remaining > 0:
+        level = delay_level_ms(remaining)
+        assert level <= remaining or level == DELAY_LEVELS_MS[0]
+        remaining -= level
+        hops += 1
+    assert hops <= 24 + days // 12
+    assert remaining > -DELAY_LEVELS_MS[0]
+
+
+def test_delivery_count_on_a_classic_queue_reads_the_header_and_the_redelivered_flag() -> None:
+    assert delivery_count({}, redelivered=False, quorum=False) == 1
+    assert delivery_count({}, redelivered=True, quorum=False) == 2
+    assert delivery_count({"x-taskmesh-deliveries": 3}, redelivered=False, quorum=False) == 4
+    assert delivery_count({"x-taskmesh-deliveries": 3}, redelivered=True, quorum=False) == 5
+
+
+def test_delivery_count_on_a_quorum_queue_adds_the_brokers_count() -> None:
+    headers = {"x-taskmesh-deliveries": 2, "x-delivery-count": 1}
+    assert delivery_count(headers, redelivered=True, quorum=True) == 4
+    assert delivery_count({}, redelivered=False, quorum=True) == 1
+
+
+def test_delivery_count_ignores_a_garbled_header() -> None:
+    assert delivery_count({"x-taskmesh-deliveries": "many"}, False, False) == 1
+    assert delivery_count({"x-taskmesh-deliveries": -4}, False, False) == 1
+
+
+def test_user_headers_drop_the_adapters_and_the_brokers_own() -> None:
+    raw = {
+        "x-trace": "t1",
+        "x-taskmesh-deliveries": 2,
+        "x-taskmesh-not-before": 1,
+        "x-death": [{"count": 1}],
+        "x-first-death-queue": "q.delay.125",
+        "x-delivery-count": 1,
+        "x-dead-letter-reason": "bad",
+    }
+    assert user_headers(raw) == {"x-trace": "t1", "x-dead-letter-reason": "bad"}
+
+
+def test_options_are_typed_and_validated_without_connecting() -> None:
+    transport = connect(f"{URL}?heartbeat=5&queue_type=quorum&max_priority=0&prefetch_count=8")
+    assert isinstance(transport, RabbitMQTransport)
+    assert (transport.heartbeat, transport.queue_type) == (5.0, "quorum")
+    assert (transport.max_priority, transport.prefetch_count) == (0, 8)
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("queue_type=stream", "queue_type"),
+        ("max_priority=10", "max_priority"),
+        ("heartbeat=soon", "heartbeat"),
+        ("hearbeat=5", "heartbeat"),
+    ],
+)
+def test_bad_options_are_configuration_errors_naming_them(query: str, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        connect(f"{URL}?{query}")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_repr_and_errors_never_show_the_password() -> None:
+    transport = connect(URL)
+    assert "s3cret" not in repr(transport)
+    assert "app:***@" in repr(transport)
