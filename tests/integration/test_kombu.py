@@ -7,11 +7,15 @@ for the native RabbitMQ adapter.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
 
 from taskmesh.transport import Delivery, Outgoing, Transport
+from taskmesh.worker.consumer import Consumer, ExecutorMode
+from tests.apps.scenario import create_app
 from tests.integration.contract import TransportContract, receive_until
 from tests.servers import RabbitMQServer, RedisServer
 
@@ -63,3 +67,31 @@ class TestKombuAMQPTransport(BridgeContract):
     @pytest.fixture
     def transport_url(self, rabbitmq: RabbitMQServer) -> str:
         return "kombu+" + rabbitmq.url
+
+
+def test_threads_worker_runs_tasks_retries_and_countdowns_on_kombu_memory() -> None:
+    # kombu's memory transport lives in one process: the worker runs here, on threads.
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    app = create_app(
+        broker="kombu+memory://",
+        backend=f"memory://kombu-{queue}",
+        task_default_queue=queue,
+    )
+    consumer = Consumer(app, [queue], concurrency=2, mode=ExecutorMode.THREADS, hostname="t@test")
+    thread = threading.Thread(target=consumer.run, name="test-consumer", daemon=True)
+    thread.start()
+    try:
+        results = [app.send_task("scenario.add", [i, i]) for i in range(20)]
+        assert [result.get(timeout=30) for result in results] == [2 * i for i in range(20)]
+        flaky = app.send_task("scenario.flaky", [2])
+        assert flaky.get(timeout=30) == 2
+        assert flaky.retries == 2
+        sent = time.time()
+        assert app.send_task("scenario.started_at", ["eta"], countdown=1).get(timeout=30) >= (
+            sent + 1
+        )
+    finally:
+        consumer.stop()
+        thread.join(30)
+        app.close()
+    assert not thread.is_alive()
