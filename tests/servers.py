@@ -184,9 +184,57 @@ def aws_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def run_moto(host: str, port: int) -> None:
+    """Run moto's server in this process, atomic where the AWS services are.
+
+    moto serves each request on a thread of its own and takes no lock, so two
+    concurrent ReceiveMessage calls can hand out the same message, and two
+    concurrent UpdateItem calls can both return the item after both updates.
+    Real SQS and DynamoDB do neither, and the exactly-once and chord-count
+    tests would fail at random. So one lock serializes every DynamoDB request
+    and the scan-and-lease step of every SQS receive; a long poll waits
+    outside the lock, retrying the step, so it never blocks other clients.
+    """
+    import threading
+
+    import moto.server
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.sqs.models import SQSBackend
+
+    lock = threading.Lock()
+    receive = SQSBackend.receive_message
+    call_action = DynamoHandler.call_action
+
+    def atomic_receive(
+        self: SQSBackend,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> object:
+        deadline = time.monotonic() + wait_seconds_timeout
+        while True:
+            with lock:
+                found = receive(
+                    self, queue_name, count, 0, visibility_timeout, message_attribute_names
+                )
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.02)
+
+    def atomic_call(self: DynamoHandler) -> object:
+        with lock:
+            return call_action(self)
+
+    SQSBackend.receive_message = atomic_receive
+    DynamoHandler.call_action = atomic_call
+    moto.server.main(["-H", host, "-p", str(port)])
+
+
 @dataclass
 class MotoServer:
-    """moto's server mode (SQS, S3, DynamoDB and more) on loopback."""
+    """moto's server mode (SQS, S3, DynamoDB and more) on loopback, see :func:`run_moto`."""
 
     port: int
     folder: Path
@@ -202,10 +250,14 @@ class MotoServer:
         except ImportError:
             missing("moto[server]")
             return
-        command = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        launch = (
+            "import sys; from tests.servers import run_moto; "
+            "run_moto(sys.argv[1], int(sys.argv[2]))"
+        )
+        command = [sys.executable, "-c", launch, LOOPBACK, str(self.port)]
         with open(self.folder / "moto.log", "wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1]
             )
         wait_for_port(self.port, time.monotonic() + 30, self.process)
 

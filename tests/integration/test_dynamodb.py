@@ -46,13 +46,19 @@ class TestDynamoDBResultStore(ResultStoreContract):
 
 
 def _in_threads(count: int, work: Any) -> list[Any]:
-    """Run ``work(index)`` in ``count`` threads started together; return the results."""
+    """Run ``work(index)`` in ``count`` threads started together; return the results.
+
+    An exception in a thread is returned in its place, so a failure shows its cause.
+    """
     results: list[Any] = [None] * count
     barrier = threading.Barrier(count)
 
     def run(index: int) -> None:
         barrier.wait()
-        results[index] = work(index)
+        try:
+            results[index] = work(index)
+        except Exception as exc:
+            results[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
@@ -118,6 +124,7 @@ class TestAtomicity:
         counts = _in_threads(
             12, lambda i: stores[i].add_member("chord:race", f"m{i}", expires_seconds=60)
         )
+        assert not [c for c in counts if not isinstance(c, int)], counts
         assert sorted(counts) == list(range(1, 13))
         for opened in stores:
             opened.close()
