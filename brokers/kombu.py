@@ -36,8 +36,11 @@ What each bridged transport can do, and what the bridge fills in:
   declares, so both can share a queue); Redis, memory and SQS keep FIFO;
 - dead letters: the core's, to ``Q.dead`` with the reason as a header.
 
-Limitations: ``kombu+memory://`` lives in one process (threads only); FIFO on
-SQS is not promised (issue #5).
+Limitations (issue #5): ``kombu+memory://`` lives in one process (threads
+only); FIFO on SQS is not promised; kombu's Redis transport pops a message
+(``BRPOP``) before it records it as unacked, so a consumer killed with SIGKILL
+in between loses that message, which the native ``redis://`` adapter, moving it
+atomically, does not.
 """
 
 from __future__ import annotations
@@ -134,6 +137,9 @@ class KombuTransport(Transport):
             self._transport_options = {
                 "visibility_timeout": lease_seconds,
                 "unacked_restore_throttle": 1,
+                # kombu's restore lock lives 5 minutes by default: a consumer
+                # killed while holding it would stop every restore that long.
+                "unacked_mutex_expire": max(1, round(lease_seconds)),
                 "global_keyprefix": options.get("key_prefix", ""),
             }
         elif "key_prefix" in options:
@@ -491,23 +497,22 @@ class KombuTransport(Transport):
     # measuring -----------------------------------------------------------------------
 
     def _measure(self, queue: str, purge: bool) -> int:
-        total = 0
-        for name in (queue, queue + DELAYED_SUFFIX):
+        def measure() -> int:
             channel = self._open()
-            try:
+            total = 0
+            for name in (queue, queue + DELAYED_SUFFIX):
+                # Declaring (not a passive declare) answers for a queue that
+                # does not exist yet, and kombu's passive check on Redis misses
+                # a global_keyprefix.
+                declared = self._spec(name)(channel).queue_declare()
+                self._declared.add(name)
                 if purge:
                     total += int(channel.queue_purge(name) or 0)
                 else:
-                    total += int(channel.queue_declare(queue=name, passive=True).message_count)
-            except self._errors() as exc:
-                if "NOT_FOUND" not in str(exc) and "404" not in str(exc):
-                    self._drop()
-                    raise BrokerUnavailable(
-                        f"Cannot count {name!r} on {self.safe_url}: {exc!r}.", self.safe_url
-                    ) from exc
-                # AMQP closes the channel on a missing queue; open a fresh one.
-                self._drop()
-        return total
+                    total += int(declared.message_count)
+            return total
+
+        return self._retrying("size" if not purge else "purge", measure)
 
     def size(self, queue: str) -> int:
         """Count ready and parked messages (unacked ones are not counted by AMQP)."""
