@@ -23,7 +23,7 @@ with ``ADD``, so adding a member and reading the set's size is atomic and
 counts a member once, which is what a chord join needs. ``claim`` is a
 ``PutItem`` conditional on no live item. Reads are strongly consistent.
 
-Limitations: an item holds at most 400 KB, so a larger result is a
+Limitations (issue #6): an item holds at most 400 KB, so a larger result is a
 ``ResultError``; ``wait`` polls (every poll is a read request, billed).
 """
 

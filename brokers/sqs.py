@@ -51,8 +51,10 @@ How each feature maps:
 Capabilities: native delays up to 900 s, no priorities, no ordering (but
 FIFO queues keep it per group), lease extension, messages up to 256 KiB.
 
-Limitations: ``purge`` removes only messages visible now (delayed and leased
-ones stay); delivery counts are approximate, as SQS names them.
+Limitations (issue #6): ``purge`` removes only messages visible now (delayed and
+leased ones stay); delivery counts are approximate, as SQS names them; the
+worker asks for sub-second receive waits, which SQS can only short-poll, so an
+idle worker makes about ``1 / poll_interval`` requests a second per queue.
 """
 
 from __future__ import annotations
