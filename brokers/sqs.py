@@ -229,6 +229,7 @@ class SQSTransport(Transport):
         self._pid = os.getpid()
         self._queues: dict[str, _Queue] = {}
         self._redrive: dict[str, _Queue | None] = {}
+        self._next_poll = 0.0
         # Bodies received from FIFO queues, by digest, to the message id they
         # came in: a re-send of one (the worker's early-ETA path) must not be
         # dropped by SQS as a duplicate of the message it replaces.
@@ -480,27 +481,37 @@ class SQSTransport(Transport):
     def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_messages``, trying queues in order, waiting up to ``timeout``.
 
-        One queue and a wait of a second or more long-poll SQS; otherwise each
-        queue is short-polled every ``poll_interval`` seconds until ``timeout``.
+        One queue and a wait of a second or more long-poll SQS. Otherwise the
+        queues are short-polled, at once while messages keep coming, and after
+        an empty poll not again for ``poll_interval`` seconds, across calls, so
+        an idle worker's request rate does not depend on how it waits.
         """
         targets = [self._queue(queue) for queue in queues]
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             wait = min(20, int(remaining)) if len(targets) == 1 and remaining >= 1 else 0
-            taken: list[Delivery] = []
-            for queue, target in zip(queues, targets, strict=True):
-                room = max_messages - len(taken)
-                if room <= 0:
-                    break
-                taken.extend(self._receive_from(queue, target, min(10, room), wait))
-            if taken:
-                return taken
+            if wait or time.monotonic() >= self._next_poll:
+                taken = self._receive_round(queues, targets, max_messages, wait)
+                if taken:
+                    self._next_poll = 0.0
+                    return taken
+                self._next_poll = time.monotonic() + self.poll_interval
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            if wait == 0:
-                time.sleep(min(self.poll_interval, remaining))
+            time.sleep(max(0.0, min(self._next_poll - time.monotonic(), remaining)))
+
+    def _receive_round(
+        self, queues: Sequence[str], targets: Sequence[_Queue], max_messages: int, wait: int
+    ) -> list[Delivery]:
+        taken: list[Delivery] = []
+        for queue, target in zip(queues, targets, strict=True):
+            room = max_messages - len(taken)
+            if room <= 0:
+                break
+            taken.extend(self._receive_from(queue, target, min(10, room), wait))
+        return taken
 
     def _receive_from(self, queue: str, target: _Queue, count: int, wait: int) -> list[Delivery]:
         visibility = max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(self.lease_seconds)))

@@ -8,6 +8,7 @@ dummy credentials the ``moto`` fixture puts in the environment.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -138,6 +139,20 @@ class TestMessages:
         assert names[0] != names[1]
         for name in names:
             assert _attributes(client, name)["ApproximateNumberOfMessages"] == 1
+
+    def test_idle_short_polls_are_spaced_by_poll_interval(self, url: str) -> None:
+        calls: list[float] = []
+        with connect(url + "&poll_interval=0.25") as idle:
+            assert isinstance(idle, SQSTransport)
+            idle.declare("q-idle")
+            idle.sqs.meta.events.register(
+                "before-call.sqs.ReceiveMessage", lambda **_: calls.append(time.monotonic())
+            )
+            for _ in range(4):  # as the worker waits: half a second at a time
+                assert idle.receive(["q-idle"], 10, 0.5) == []
+        gaps = [later - earlier for earlier, later in itertools.pairwise(calls)]
+        assert len(calls) >= 2
+        assert min(gaps) >= 0.25 - 0.01
 
     def test_size_and_purge_count_the_queue(self, transport: SQSTransport) -> None:
         transport.publish_many([Outgoing("q-purge", b"x") for _ in range(12)])
