@@ -166,6 +166,7 @@ class Consumer:
         self._buffer = _Buffer()
         self._done: queue.SimpleQueue[tuple[Job, Verdict]] = queue.SimpleQueue()
         self._held: dict[int, Job] = {}
+        self._unsettled: list[tuple[Job, Verdict]] = []
         self._running: dict[int, Job] = {}
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -492,9 +493,12 @@ class Consumer:
         """Ack, reject or give back finished jobs.
 
         With ``block``, wait briefly until enough jobs finish to free half the
-        prefetch room, or the buffer runs empty, whichever comes first.
+        prefetch room, or the buffer runs empty, whichever comes first. Jobs
+        whose ack fails (the broker went away) stay held, leases extended, and
+        are settled on a later call once the broker is back: dropping them
+        would leave their messages leased by this worker until it stops.
         """
-        finished: list[tuple[Job, Verdict]] = []
+        finished = self._unsettled
         need = max(1, self._refill - (self.capacity - len(self._held))) if block else 0
         try:
             while len(finished) < need:
@@ -515,12 +519,15 @@ class Consumer:
         ]
         if acks:
             transport.ack_many(acks)
-        for job, verdict in finished:
+        while finished:
+            job, verdict = finished[0]
             if verdict.action is Action.REJECT and not job.acked:
                 transport.reject(job.delivery, verdict.reason)
             elif verdict.action is Action.REQUEUE and not job.acked:
                 transport.requeue(job.delivery)
+            job.acked = True
             self._held.pop(id(job), None)
+            finished.pop(0)
 
     def _extend_leases(self, transport: Transport) -> None:
         if not transport.capabilities.lease_extension:
