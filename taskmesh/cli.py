@@ -149,6 +149,7 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         runner = Worker(app, names, concurrency=concurrency, pool=pool, hostname=hostname)
+        runner.wait_for_servers()
         beat_process = spawn_beat_process(app) if embed_beat else None
         try:
             status = runner.run()

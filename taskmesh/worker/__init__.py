@@ -13,10 +13,11 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from taskmesh.errors import ConfigurationError
+from taskmesh.errors import BrokerError, ConfigurationError, ResultError
 from taskmesh.result import connect_store
 from taskmesh.urls import mask_url
 from taskmesh.worker.consumer import Consumer, ExecutorMode, install_stop_signals
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
+
+_START_LOG_EVERY = 60.0
 
 
 class Worker:
@@ -62,19 +65,61 @@ class Worker:
         if self.pool not in ("prefork", "threads"):
             raise ConfigurationError(f"pool must be 'prefork' or 'threads', got {self.pool!r}.")
         self.hostname = hostname or f"{os.getpid()}@{socket.gethostname()}"
-        # Fail on a wrong URL, a missing driver or an unreachable broker now,
-        # in the parent, rather than in N children that would restart for ever.
-        with app.connect_broker() as transport:
+        self._checked = False
+
+    def check_servers(self) -> None:
+        """Open the broker and the result store once, declaring the queues.
+
+        Raises:
+            ConfigurationError: A URL, option or driver is wrong.
+            BrokerError: The broker cannot be reached.
+            ResultError: The result store cannot be reached.
+        """
+        with self.app.connect_broker() as transport:
             for name in self.queues:
                 transport.declare(name)
-        store = connect_store(app.result_url)
+        store = connect_store(self.app.result_url)
         try:
             store.get("taskmesh:start-check")
         finally:
             store.close()
 
+    def wait_for_servers(self) -> None:
+        """Check the servers, waiting out an outage as a running worker would.
+
+        A wrong URL or a missing driver fails at once, in the parent, rather
+        than in N children restarting for ever. An unreachable server is waited
+        for (a worker started with the machine may come up before its broker),
+        with one log line a minute.
+
+        Raises:
+            ConfigurationError: A URL, option or driver is wrong.
+        """
+        pause, logged = 0.2, -_START_LOG_EVERY
+        while True:
+            try:
+                self.check_servers()
+            except (BrokerError, ResultError) as exc:
+                now = time.monotonic()
+                if now - logged >= _START_LOG_EVERY:
+                    logger.warning("servers unreachable at start, waiting error=%s", exc)
+                    logged = now
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            if logged >= 0:
+                logger.warning("servers reachable, starting")
+            self._checked = True
+            return
+
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the process exit status."""
+        """Run until SIGTERM or SIGINT; return the process exit status.
+
+        Raises:
+            ConfigurationError: A URL, option or driver is wrong.
+        """
+        if not self._checked:
+            self.wait_for_servers()
         logger.info(
             "worker ready hostname=%s pool=%s concurrency=%d queues=%s broker=%s results=%s",
             self.hostname,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.integration.harness import ROOT, Scenario
+from tests.integration.harness import ROOT, Scenario, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +117,34 @@ def test_app_module_that_fails_on_import_shows_the_users_own_frames(
     assert "Importing 'broken_app' failed" in done.stderr
     assert "ZeroDivisionError" in done.stderr
     assert "importlib" not in done.stderr
+
+
+@pytest.mark.redis
+def test_worker_started_before_its_broker_waits_for_it(
+    sqlite_scenario: Scenario, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.servers import RedisServer, free_port
+
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("late-redis"))
+    url = f"{server.url}?retry_timeout=0"
+    env = sqlite_scenario.env(TASKMESH_BROKER_URL=url, TASKMESH_RESULT_BACKEND=url)
+    log = sqlite_scenario.folder / "late.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskmesh", "-A", "tests.apps.scenario", "worker", "-c", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    try:
+        wait_until(lambda: "servers unreachable at start" in log.read_text(), 30, "the wait")
+        assert worker.poll() is None
+        server.start()
+        wait_until(lambda: "worker ready" in log.read_text(), 30, "the worker to start")
+        sqlite_scenario.broker_url = sqlite_scenario.backend_url = url
+        assert sqlite_scenario.app.send_task("scenario.add", [2, 2]).get(timeout=30) == 4
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        server.stop()
