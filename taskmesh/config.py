@@ -163,9 +163,6 @@ SETTINGS: dict[str, Setting] = {
     "broker_lease_seconds": Setting(
         30.0, _positive(_to_float), "How long a received message is leased."
     ),
-    "broker_connect_timeout": Setting(
-        10.0, _positive(_to_float), "Seconds to retry an unreachable broker."
-    ),
     "worker_concurrency": Setting(
         None, _positive(_to_optional_float), "Processes or threads; CPU count."
     ),

@@ -25,14 +25,15 @@ def mask_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, for logs and errors."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    if password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    # The host and port as written: parts.port raises on a port that is not
+    # a number, and a URL being masked for an error message may be that bad.
+    host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 

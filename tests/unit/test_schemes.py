@@ -57,6 +57,7 @@ def test_mask_url_hides_only_the_password() -> None:
     assert mask_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert mask_url("amqp://user:pw@host/vh") == "amqp://user:***@host/vh"
     assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert mask_url("redis://:pw@host:notaport/0") == "redis://:***@host:notaport/0"
 
 
 def test_parse_options_converts_and_overrides() -> None:
