@@ -12,17 +12,18 @@ Options (query string; kombu's own URL options are not accepted here):
   retry before :class:`~taskmesh.errors.BrokerUnavailable`;
 - ``delay_check_interval`` (float, default 0.5): seconds between looks at the
   parked delayed messages while receiving;
+- ``poll_interval`` (float, default 0.1, Redis only): seconds between looks at
+  empty queues (see the limitations for why Redis is polled);
 - ``key_prefix`` (str, Redis only, default none): kombu's ``global_keyprefix``,
-  so apps (or tests) sharing a Redis server keep their keys apart. All
-  consumers sharing a prefix must use the same ``lease_seconds``, since it
-  becomes kombu's ``visibility_timeout``, which one consumer applies to all.
+  so apps (or tests) sharing a Redis server keep their keys apart.
 
 What each bridged transport can do, and what the bridge fills in:
 
 - leases: an unacked kombu message. AMQP gives it back when the channel
-  closes; Redis after kombu's ``visibility_timeout``, which the bridge sets to
-  the transport's ``lease_seconds``; memory when the channel closes. There is
-  no lease extension, so on Redis a task longer than the lease runs twice;
+  closes; memory when the channel closes; Redis when its entry in kombu's
+  unacked index is older than kombu's ``visibility_timeout``: the bridge fixes
+  that at 5 s and writes each delivery's deadline (``lease_seconds``, moved on
+  by lease extensions) into the entry's score;
 - delivery count: as in the native RabbitMQ adapter, a redelivered message is
   published again with the count in the ``x-taskmesh-deliveries`` header and
   the original acked;
@@ -38,9 +39,11 @@ What each bridged transport can do, and what the bridge fills in:
 
 Limitations (issue #5): ``kombu+memory://`` lives in one process (threads
 only); FIFO on SQS is not promised; kombu's Redis transport pops a message
-(``BRPOP``) before it records it as unacked, so a consumer killed with SIGKILL
-in between loses that message, which the native ``redis://`` adapter, moving it
-atomically, does not.
+before it records it as unacked, so a consumer killed with SIGKILL in between
+loses that message. Its blocking consumer (``BRPOP``) makes that window as long
+as the wait, so the bridge polls Redis with single pops instead, which narrows
+it to an instant but cannot close it; the native ``redis://`` adapter, moving
+a message atomically, has no such window.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ T = TypeVar("T")
 DELIVERIES_HEADER = "x-taskmesh-deliveries"
 NOT_BEFORE_HEADER = "x-taskmesh-not-before"
 DELAYED_SUFFIX = ".delayed"
+REDIS_VISIBILITY = 5
 PASS_HEADER = "x-taskmesh-pass"
 
 _KOMBU_HEADERS = ("redelivered",)
@@ -122,10 +126,16 @@ class KombuTransport(Transport):
 
     def __init__(self, url: str, *, lease_seconds: float = 30.0, **overrides: Any) -> None:
         super().__init__(url, lease_seconds=lease_seconds)
-        declared = {"connect_timeout": float, "delay_check_interval": float, "key_prefix": str}
+        declared = {
+            "connect_timeout": float,
+            "delay_check_interval": float,
+            "key_prefix": str,
+            "poll_interval": float,
+        }
         options = parse_options(url, declared, overrides)
         self.connect_timeout: float = options.get("connect_timeout", 10.0)
         self.delay_check_interval: float = options.get("delay_check_interval", 0.5)
+        self.poll_interval: float = options.get("poll_interval", 0.1)
         # Not split_options: urlunsplit turns "memory://" into "memory:".
         bare = url.split("?", 1)[0]
         if not bare.startswith("kombu+"):
@@ -135,11 +145,14 @@ class KombuTransport(Transport):
         self._transport_options: dict[str, Any] = {}
         if self.scheme == "redis":
             self._transport_options = {
-                "visibility_timeout": lease_seconds,
+                # One visibility timeout for every bridge instance, whatever
+                # its lease: each delivery's own deadline is written into
+                # kombu's unacked index as score + REDIS_VISIBILITY.
+                "visibility_timeout": REDIS_VISIBILITY,
                 "unacked_restore_throttle": 1,
                 # kombu's restore lock lives 5 minutes by default: a consumer
                 # killed while holding it would stop every restore that long.
-                "unacked_mutex_expire": max(1, round(lease_seconds)),
+                "unacked_mutex_expire": REDIS_VISIBILITY,
                 "global_keyprefix": options.get("key_prefix", ""),
             }
         elif "key_prefix" in options:
@@ -355,6 +368,8 @@ class KombuTransport(Transport):
             ) from exc
 
     def _receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        if self.scheme == "redis":
+            return self._receive_polling(queues, max_messages, timeout)
         self._consume(queues, max_messages)
         assert self._connection is not None  # opened by receive
         deadline = time.monotonic() + timeout
@@ -375,6 +390,42 @@ class KombuTransport(Transport):
                 self._connection.drain_events(timeout=max(0.01, wait))
             except TimeoutError:
                 pass
+
+    def _receive_polling(
+        self, queues: Sequence[str], max_messages: int, timeout: float
+    ) -> list[Delivery]:
+        """Take messages with one non-blocking get at a time, in queue order.
+
+        kombu's Redis consumer blocks in ``BRPOP``, which pops a message on the
+        server before the client records it as unacked: a process killed while
+        blocked loses whatever arrived. A plain pop is answered at once, so
+        that window shrinks to the instant between reply and record.
+        """
+        channel = self._open()
+        for queue in queues:
+            self._declare_queue(queue)
+        deadline = time.monotonic() + timeout
+        taken: list[Delivery] = []
+        while True:
+            if time.time() >= self._next_delay_check:
+                self._next_delay_check = time.time() + self.delay_check_interval
+                self._move_due(queues)
+                # Without kombu's consumer loop nothing else gives back the
+                # messages of consumers that died.
+                channel.qos.restore_visible(num=100, interval=1)
+            for queue in queues:
+                while len(taken) < max_messages:
+                    message = self._spec(queue)(channel).get(no_ack=False, accept=None)
+                    if message is None:
+                        break
+                    delivery = self._accept(queue, message)
+                    if delivery is not None:
+                        taken.append(delivery)
+            remaining = deadline - time.monotonic()
+            if taken or remaining <= 0:
+                return taken
+            wait = min(remaining, self.poll_interval, self._next_delay_check - time.time())
+            time.sleep(max(0.005, wait))
 
     def _consume(self, queues: Sequence[str], wanted: int) -> None:
         prefetch = len(self._outstanding) + wanted
@@ -425,7 +476,12 @@ class KombuTransport(Transport):
             return None
         self._outstanding[id(message)] = message
         receipt = _Receipt(self._generation, message, priority)
-        return Delivery(queue, message.body, _user(headers), count, receipt)
+        delivery = Delivery(queue, message.body, _user(headers), count, receipt)
+        self._leased(delivery)
+        return delivery
+
+    def _leased(self, delivery: Delivery) -> None:
+        """Start the lease of a new delivery, where the transport needs telling."""
 
     def _move_due(self, queues: Sequence[str]) -> None:
         """Move parked messages that are due into their queues; park the rest again."""
@@ -534,11 +590,14 @@ class _KombuRedisTransport(KombuTransport):
         native_delay=True, priorities=False, fifo=True, lease_extension=True
     )
 
+    def _leased(self, delivery: Delivery) -> None:
+        self.extend_lease(delivery, self.lease_seconds)
+
     def extend_lease(self, delivery: Delivery, seconds: float) -> None:
         """Move the message's entry in kombu's unacked index forward.
 
         kombu restores an unacked message once its index score is older than
-        ``visibility_timeout``; scoring it ``seconds`` ahead of that keeps it.
+        its ``visibility_timeout``; scoring it ``seconds`` ahead of that keeps it.
 
         Raises:
             ConnectionLost: Redis could not be reached.
@@ -549,7 +608,7 @@ class _KombuRedisTransport(KombuTransport):
             return
         if id(receipt.message) not in self._outstanding:
             return
-        score = time.time() + seconds - self.lease_seconds
+        score = time.time() + seconds - REDIS_VISIBILITY
         tag = receipt.message.delivery_tag
         try:
             # xx: only an entry still there; an acked or restored one stays gone.
