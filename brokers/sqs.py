@@ -39,8 +39,9 @@ How each feature maps:
   back before its ETA is re-sent by the worker with the rest of the wait;
 - FIFO queues accept no per-message delay, so a delayed message carries its
   due time as an attribute and ``receive`` hides it again (visibility) until
-  then; the message group id is the envelope header ``message_group_id``, else
-  the task name; the deduplication id comes from the task id and retry number;
+  then; the message group id is the task option ``message_group_id``
+  (carried as the envelope header of that name), else the task name; the
+  deduplication id comes from the task id and retry number;
 - priorities: ignored. SQS has none; route urgent tasks to their own queue and
   list it first in ``-Q`` instead;
 - dead letters: ``reject`` sends to the queue's redrive-policy target when one

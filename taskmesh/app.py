@@ -54,6 +54,7 @@ _TASK_OPTIONS = frozenset(
         "time_limit",
         "soft_time_limit",
         "priority",
+        "message_group_id",
     }
 )
 
@@ -74,6 +75,14 @@ def to_epoch(value: float | datetime.datetime | None, *, relative: bool) -> floa
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigurationError(f"Expected seconds or a datetime, got {value!r}.")
     return time.time() + float(value) if relative else float(value)
+
+
+def _with_group(headers: Mapping[str, Any] | None, group: str | None) -> dict[str, Any]:
+    """Return the envelope headers, with the FIFO message group when there is one."""
+    merged = dict(headers or {})
+    if group:
+        merged["message_group_id"] = group
+    return merged
 
 
 class TaskMesh:
@@ -216,7 +225,8 @@ class TaskMesh:
         Options: ``name``, ``bind``, ``queue``, ``priority``, ``max_retries``,
         ``default_retry_delay``, ``autoretry_for``, ``retry_backoff``,
         ``retry_backoff_max``, ``retry_jitter``, ``acks_late``, ``ignore_result``,
-        ``time_limit``, ``soft_time_limit``.
+        ``time_limit``, ``soft_time_limit``, ``message_group_id`` (the group of
+        a FIFO queue, such as an SQS ``.fifo`` queue; the task name by default).
 
         Raises:
             ConfigurationError: An option is unknown.
@@ -302,6 +312,7 @@ class TaskMesh:
         root_id: str | None = None,
         group_id: str | None = None,
         retries: int = 0,
+        message_group_id: str | None = None,
         **canvas: Any,
     ) -> Envelope:
         """Build the envelope for one task message, applying routes and defaults.
@@ -346,7 +357,9 @@ class TaskMesh:
             parent_id=parent_id,
             root_id=root_id or task_id,
             group_id=group_id,
-            headers=dict(headers or {}),
+            headers=_with_group(
+                headers, message_group_id or (task.message_group_id if task else None)
+            ),
             options={k: v for k, v in canvas.items() if v is not None},
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,

@@ -109,6 +109,7 @@ class Task(Generic[P, R]):
         ignore_result: bool | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        message_group_id: str | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -129,6 +130,7 @@ class Task(Generic[P, R]):
         self.acks_late = app.conf.task_acks_late if acks_late is None else acks_late
         self.ignore_result = app.conf.task_ignore_result if ignore_result is None else ignore_result
         self.time_limit = app.conf.task_time_limit if time_limit is None else time_limit
+        self.message_group_id = message_group_id
         self.soft_time_limit = (
             app.conf.task_soft_time_limit if soft_time_limit is None else soft_time_limit
         )
@@ -202,7 +204,8 @@ class Task(Generic[P, R]):
             headers: Extra JSON-encodable headers, readable as ``self.request.headers``.
             link: A signature (or list) to call with the result on success.
             link_error: A signature (or list) to call with the task id on failure.
-            **options: ``time_limit``, ``soft_time_limit``, and canvas options.
+            **options: ``time_limit``, ``soft_time_limit``, ``message_group_id``
+                (FIFO queues), and canvas options.
 
         Returns:
             A handle on the result.

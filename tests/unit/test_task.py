@@ -239,3 +239,14 @@ def test_forget_removes_the_result(app: TaskMesh) -> None:
     assert result.successful()
     result.forget()
     assert result.state is State.PENDING
+
+
+def test_message_group_id_comes_from_the_call_or_the_task(app: TaskMesh) -> None:
+    @app.task(name="proj.ordered", message_group_id="tenant-a")
+    def ordered() -> None:
+        return None
+
+    assert app.build_envelope("proj.ordered").headers == {"message_group_id": "tenant-a"}
+    sent = app.build_envelope("proj.ordered", message_group_id="tenant-b", headers={"h": 1})
+    assert sent.headers == {"h": 1, "message_group_id": "tenant-b"}
+    assert app.build_envelope("proj.other").headers == {}
