@@ -399,23 +399,25 @@ class Consumer:
         here is only a backstop against a message that ends its consumer
         before any task starts.
         """
-        task_id, name = self.app.codec().peek_id(delivery.body)
+        # The id and name are read apart from decoding only for a message that
+        # is set aside: a second JSON parse per message is a no-op task's cost.
+        peek = self.app.codec().peek_id
         if delivery.delivery_count > self.max_deliveries * _BACKSTOP_FACTOR:
             reason = (
                 f"delivered {delivery.delivery_count} times without finishing "
                 f"(task_max_deliveries={self.max_deliveries}); it may end its worker"
             )
-            self._dead_letter(transport, delivery, reason, task_id, name)
+            self._dead_letter(transport, delivery, reason, *peek(delivery.body))
             return None
         try:
             envelope = self.app.codec().decode(delivery.body)
         except DecodeError as exc:
-            self._dead_letter(transport, delivery, str(exc), task_id, name, exc)
+            self._dead_letter(transport, delivery, str(exc), *peek(delivery.body), exc)
             return None
         try:
             task = self.app.get_task(envelope.task)
         except NotRegistered as exc:
-            self._dead_letter(transport, delivery, str(exc), task_id, name, exc)
+            self._dead_letter(transport, delivery, str(exc), envelope.id, envelope.task, exc)
             # A workflow waiting on this task (a chord, a chain's link_error)
             # hears of the failure like of any other.
             follow_up(after_failure, self.app, envelope, exc)
