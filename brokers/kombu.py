@@ -155,7 +155,10 @@ class KombuTransport(Transport):
                 "unacked_mutex_expire": REDIS_VISIBILITY,
                 "global_keyprefix": options.get("key_prefix", ""),
             }
-        elif "key_prefix" in options:
+        elif self.scheme in _AMQP_SCHEMES:
+            # py-amqp waits for the broker's publisher confirm on each publish.
+            self._transport_options = {"confirm_publish": True}
+        if self.scheme != "redis" and "key_prefix" in options:
             raise ConfigurationError(
                 f"The key_prefix option applies to kombu+redis only, not {mask_url(url)}."
             )
