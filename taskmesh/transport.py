@@ -68,8 +68,10 @@ class Capabilities:
         fifo: Keeps publish order within a queue (or a message group).
         dead_letter: Overrides :meth:`Transport.reject` with a native mechanism.
         max_message_bytes: The largest body accepted; ``None`` for no limit.
-        lease_extension: :meth:`Transport.extend_lease` really extends the lease
-            (RabbitMQ holds unacked messages for the channel's life instead).
+        lease_extension: :meth:`Transport.extend_lease` really extends the lease.
+            Without it the broker holds a message for the connection's life
+            (kombu over AMQP); RabbitMQ's native adapter declares it, because a
+            long-held delivery moves to a holding queue that extensions renew.
     """
 
     native_delay: bool = True
