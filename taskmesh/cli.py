@@ -36,6 +36,10 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Broker drivers log every failed connection attempt at ERROR; the
+    # adapters already say "broker connection lost" once per outage.
+    for driver in ("pika", "kombu", "amqp", "botocore", "urllib3"):
+        logging.getLogger(driver).setLevel(logging.CRITICAL)
 
 
 def _user_traceback(exc: BaseException) -> str:
