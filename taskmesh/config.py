@@ -159,7 +159,7 @@ SETTINGS: dict[str, Setting] = {
         1_048_576, _positive(_to_int), "Largest encoded message a producer sends."
     ),
     "task_routes": Setting({}, _to_mapping, "Task name to options such as queue."),
-    "task_track_started": Setting(True, _to_bool, "Store STARTED when a task begins."),
+    "task_track_started": Setting(False, _to_bool, "Store STARTED when a task begins."),
     "broker_lease_seconds": Setting(
         30.0, _positive(_to_float), "How long a received message is leased."
     ),
