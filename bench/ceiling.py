@@ -4,8 +4,11 @@ For Redis: ``redis-benchmark`` for LPUSH and RPOP (its default 50 clients, and
 one client), and redis-py on one connection, one round trip per push and
 pipelined. For SQLite: the ``sqlite3`` module on one file, one committed
 insert per transaction and 1,000 per transaction, with the pragmas the
-taskmesh SQLite broker uses. These are what the client libraries can do with
-no task system around them.
+taskmesh SQLite broker uses. For RabbitMQ: pika's ``BlockingConnection`` on
+a durable queue with persistent messages, publishing with publisher confirms
+(one round trip each) and without, consuming and acking with prefetch 1 and
+100, and the publish-to-deliver latency. These are what the client libraries
+can do with no task system around them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["redis_ceiling", "sqlite_ceiling", "transport_latency"]
+__all__ = ["rabbitmq_ceiling", "redis_ceiling", "sqlite_ceiling", "transport_latency"]
 
 
 def _redis_benchmark(host: str, port: int, clients: int, requests: int) -> dict[str, float]:
@@ -157,6 +160,114 @@ def transport_latency(url: str, count: int = 1000, rate: float = 200.0) -> dict[
     return {
         f"taskmesh {scheme} transport alone, publish to receive, p50 ms": p50,
         f"taskmesh {scheme} transport alone, publish to receive, p99 ms": p99,
+    }
+
+
+def _pika_connection(url: str) -> Any:
+    import pika
+
+    return pika.BlockingConnection(pika.URLParameters(url))
+
+
+def rabbitmq_ceiling(url: str, count: int = 20000, confirmed: int = 5000) -> dict[str, Any]:
+    """Measure the RabbitMQ node at ``url`` with bare pika, one connection.
+
+    Messages are 200 bytes, persistent, on a durable classic queue of their own
+    (no priorities, no dead-lettering), deleted afterwards.
+    """
+    import pika
+
+    queue = f"bench-ceiling-{time.time_ns()}"
+    body = b"x" * 200
+    persistent = pika.BasicProperties(delivery_mode=2)
+    out: dict[str, Any] = {}
+    connection = _pika_connection(url)
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+
+        def publish(n: int) -> float:
+            started = time.perf_counter()
+            for _ in range(n):
+                channel.basic_publish("", queue, body, persistent)
+            # Without confirms basic_publish returns once the socket has the
+            # message; the clock stops when the queue holds them all.
+            while channel.queue_declare(queue, passive=True).method.message_count < n:
+                time.sleep(0.001)
+            return n / (time.perf_counter() - started)
+
+        def consume(n: int, prefetch: int) -> float:
+            channel.basic_qos(prefetch_count=prefetch)
+            started = time.perf_counter()
+            got = 0
+            for method, _, _ in channel.consume(queue, inactivity_timeout=10):
+                if method is None:
+                    break
+                channel.basic_ack(method.delivery_tag)
+                got += 1
+                if got == n:
+                    break
+            channel.cancel()
+            return got / (time.perf_counter() - started)
+
+        out["pika publish, no confirms (until all queued)"] = publish(count)
+        out["pika consume+ack, prefetch 100"] = consume(count, 100)
+        channel.confirm_delivery()
+        out["pika publish, confirm each (one round trip)"] = publish(confirmed)
+        out["pika consume+ack, prefetch 1"] = consume(confirmed, 1)
+        channel.queue_delete(queue)
+    finally:
+        connection.close()
+    out.update(_rabbitmq_latency(url, queue + "-latency"))
+    return out
+
+
+def _rabbitmq_latency(
+    url: str, queue: str, count: int = 1000, rate: float = 200.0
+) -> dict[str, Any]:
+    """Confirmed publish on one connection, consume on another, at ``rate``."""
+    import pika
+
+    samples: list[float] = []
+    setup = _pika_connection(url)
+    setup.channel().queue_declare(queue, durable=True)
+    setup.close()
+    ready = threading.Event()
+
+    def receive() -> None:
+        connection = _pika_connection(url)
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=8)
+        ready.set()
+        for method, _, body in channel.consume(queue, inactivity_timeout=5):
+            if method is None:
+                break
+            samples.append(time.time() - float(body))
+            channel.basic_ack(method.delivery_tag)
+            if len(samples) >= count:
+                break
+        channel.cancel()
+        connection.close()
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    ready.wait(10)
+    connection = _pika_connection(url)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    persistent = pika.BasicProperties(delivery_mode=2)
+    try:
+        _paced(lambda body: channel.basic_publish("", queue, body, persistent), count, rate)
+        thread.join(30)
+    finally:
+        channel.queue_delete(queue)
+        connection.close()
+    if len(samples) < count:
+        return {}
+    p50, p99 = _percentiles(samples)
+    return {
+        "pika publish (confirmed) to consume latency, p50 ms": p50,
+        "pika publish (confirmed) to consume latency, p99 ms": p99,
     }
 
 

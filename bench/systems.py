@@ -144,6 +144,10 @@ class CelerySystem(System):
         return True
 
     def purge(self) -> None:
+        if self.app.conf.broker_url.startswith("amqp"):
+            # Declares the queue first: purging a missing one closes the channel.
+            self.app.control.purge()
+            return
         with self.app.connection_for_write() as conn:
             conn.default_channel.queue_purge(self.app.conf.task_default_queue)
 

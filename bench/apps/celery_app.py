@@ -7,11 +7,11 @@ import time
 from celery import Celery
 
 from bench import cpu, probe
-from bench.apps import settings
+from bench.apps import result_url, settings
 
 _url, _queue, _results = settings()
 
-app = Celery("bench", broker=_url, backend=_url if _results else None)
+app = Celery("bench", broker=_url, backend=result_url() if _results else None)
 app.conf.update(
     task_default_queue=_queue,
     task_ignore_result=not _results,

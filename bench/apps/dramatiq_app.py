@@ -5,19 +5,26 @@ from __future__ import annotations
 import time
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
 from bench import cpu, probe
-from bench.apps import settings
+from bench.apps import result_url, settings
 
 _url, _queue, _results = settings()
 
-broker = RedisBroker(url=_url)
+if _url.startswith("amqp"):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    # Its defaults: persistent messages, no publisher confirms, prefetch 2 per thread.
+    broker: dramatiq.Broker = RabbitmqBroker(url=_url)
+else:
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url=_url)
 if _results:
     from dramatiq.results import Results
     from dramatiq.results.backends import RedisBackend
 
-    broker.add_middleware(Results(backend=RedisBackend(url=_url)))
+    broker.add_middleware(Results(backend=RedisBackend(url=result_url())))
 dramatiq.set_broker(broker)
 
 _options = {"queue_name": _queue, "max_retries": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from bench import cpu, probe
@@ -13,6 +14,8 @@ _url, _queue, _results = settings()
 app = TaskMesh(
     "bench",
     broker=_url or "sqlite:///bench.db",
+    # Redis when the broker is RabbitMQ (a broker only); otherwise the broker's own.
+    backend=os.environ.get("BENCH_RESULT_URL") or None,
     task_default_queue=_queue,
     task_ignore_result=not _results,
 )
