@@ -8,6 +8,7 @@ WAL mode (readers never block the writer), a busy timeout instead of instant
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from taskmesh.errors import BrokerUnavailable, ConfigurationError, ResultError, TaskmeshError
@@ -77,16 +78,35 @@ def open_database(
             f"Cannot open SQLite file {path!r} for the {what}: folder {str(parent)!r} does "
             "not exist. Create it, or point the URL elsewhere."
         )
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            return _connect(path, busy_timeout, schema)
+        except sqlite3.OperationalError as exc:
+            # Switching a new file to WAL takes an exclusive lock and fails at
+            # once, without the busy handler, when another process or thread
+            # is opening the same file: wait like the busy timeout would.
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise failure(exc, path, what, store=store) from exc
+        except sqlite3.Error as exc:
+            raise failure(exc, path, what, store=store) from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def _connect(path: str, busy_timeout: float, schema: str) -> sqlite3.Connection:
+    # One thread at a time uses a connection (the transport contract), but not
+    # always the thread that opened it: a worker opens in its main thread and
+    # consumes in its loop thread.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
     try:
-        # One thread at a time uses a connection (the transport contract), but
-        # not always the thread that opened it: a worker opens in its main
-        # thread and consumes in its loop thread.
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(schema)
-    except sqlite3.Error as exc:
-        raise failure(exc, path, what, store=store) from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
