@@ -143,13 +143,21 @@ class RedisResultStore(ResultStore):
     def _channel(self, key: str) -> str:
         return f"{self.settings.key_prefix}notify:{key}"
 
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+    def _call(self, operation: str, fn: Callable[[], T], limit: float | None = None) -> T:
         """Run ``fn``; retry connection errors for ``retry_timeout``, then raise.
+
+        ``limit`` shortens the retrying (a ``wait`` must not outlast its own
+        timeout because the server is away).
 
         Raises:
             ResultError: Redis failed the call, or stayed unreachable.
         """
-        deadline = time.monotonic() + self.settings.retry_timeout
+        patience = (
+            self.settings.retry_timeout
+            if limit is None
+            else min(limit, self.settings.retry_timeout)
+        )
+        deadline = time.monotonic() + patience
         pause = 0.05
         while True:
             try:
@@ -169,7 +177,7 @@ class RedisResultStore(ResultStore):
                 if now >= deadline:
                     raise ResultError(
                         f"Redis result store {mask_url(self.url)} unreachable for "
-                        f"{self.settings.retry_timeout} s during {operation}: {exc}."
+                        f"{patience:g} s during {operation}: {exc}."
                     ) from exc
                 time.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, 1.0)
@@ -283,8 +291,9 @@ class RedisResultStore(ResultStore):
         channel = self._channel(key)
         try:
             while True:
-                pubsub = self._subscribe(channel)
-                value = self.get(key)
+                pubsub = self._subscribe(channel, max(0.0, deadline - time.monotonic()))
+                read = functools.partial(self._redis.get, self._key(key))
+                value = _as_bytes(self._call("wait", read, max(0.0, deadline - time.monotonic())))
                 if value is not None and ready(value):
                     return value
                 remaining = deadline - time.monotonic()
@@ -294,7 +303,7 @@ class RedisResultStore(ResultStore):
         finally:
             self._unsubscribe(channel)
 
-    def _subscribe(self, channel: str) -> PubSub:
+    def _subscribe(self, channel: str, limit: float | None = None) -> PubSub:
         if self._pubsub is None:
             self._pubsub = self._redis.pubsub()
         pubsub = self._pubsub
@@ -313,7 +322,7 @@ class RedisResultStore(ResultStore):
             raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel}")
 
         try:
-            self._call("wait", subscribe)
+            self._call("wait", subscribe, limit)
         except ResultError:
             self._drop_pubsub()
             raise

@@ -152,3 +152,13 @@ def test_unreachable_store_raises_result_error_without_the_password() -> None:
         assert "secret" not in str(caught.value)
     finally:
         store.close()
+
+
+def test_wait_on_an_unreachable_store_gives_up_within_its_own_timeout() -> None:
+    # Found by a chaos run: get(timeout=5) used to take the full retry_timeout.
+    store = connect_store(f"redis://{LOOPBACK}:{free_port()}/0?retry_timeout=30")
+    with closing(store):
+        started = time.monotonic()
+        with pytest.raises(ResultError, match="unreachable"):
+            store.wait("task:nowhere", 1.0, lambda value: True)
+        assert time.monotonic() - started < 5
