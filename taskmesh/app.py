@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from taskmesh.config import SETTINGS, Config
 from taskmesh.errors import ConfigurationError, MessageTooLarge, NotRegistered
 from taskmesh.protocol import Codec, Envelope
-from taskmesh.result import AsyncResult, ResultStore, connect_store
+from taskmesh.result import BACKENDS, AsyncResult, ResultStore, connect_store
+from taskmesh.schemes import scheme_of
 from taskmesh.transport import Outgoing, Transport, connect
 from taskmesh.urls import mask_url
 
@@ -156,9 +157,25 @@ class TaskMesh:
 
     @property
     def result_url(self) -> str:
-        """The result store URL: ``result_backend``, or the broker's when unset."""
+        """The result store URL: ``result_backend``, or the broker's when unset.
+
+        Raises:
+            ConfigurationError: ``result_backend`` is unset and the broker's
+                scheme keeps no results (RabbitMQ, SQS).
+        """
         url: str | None = self.conf.result_backend
-        return url if url is not None else self.conf.broker_url
+        if url is not None:
+            return url
+        broker: str = self.conf.broker_url
+        scheme = scheme_of(broker)
+        if scheme not in BACKENDS.schemes():
+            raise ConfigurationError(
+                f"The broker {mask_url(broker)} keeps no results, and result_backend is not "
+                "set. Workers store each task's state (and count the starts of redelivered "
+                "messages) there: set result_backend, for example to "
+                "sqlite:///taskmesh-results.db or redis://127.0.0.1:6379/1."
+            )
+        return broker
 
     def codec(self) -> Codec:
         """The envelope codec built from the serializer settings."""

@@ -84,3 +84,12 @@ def test_timedelta_is_accepted_for_seconds() -> None:
 def test_lists_accept_comma_separated_strings() -> None:
     conf = Config({"accept_content": "json, pickle"})
     assert conf.accept_content == ["json", "pickle"]
+
+
+def test_broker_without_results_and_no_backend_says_what_to_set() -> None:
+    app = TaskMesh(broker="amqp://guest:secret@127.0.0.1:5672//")
+    with pytest.raises(ConfigurationError, match="set result_backend") as info:
+        app.result_url  # noqa: B018 - the property raises
+    assert "secret" not in str(info.value)
+    app.conf.result_backend = "memory://"
+    assert app.result_url == "memory://"
