@@ -224,8 +224,10 @@ class Consumer:
         def on_flush(stored: bool) -> None:
             for job, verdict in waiting:
                 if not stored:
-                    logger.error(
-                        "task outcome not stored name=%s id=%s", job.task.name, job.envelope.id
+                    logger.warning(
+                        "task outcome not stored, message given back name=%s id=%s",
+                        job.task.name,
+                        job.envelope.id,
                     )
                     verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
                 self._done.put((job, verdict))
@@ -246,12 +248,17 @@ class Consumer:
             except _Abandoned:
                 self._flush(batch)
                 return
-            except Exception:
+            except Exception as error:
                 # execute() stores every task outcome; what reaches here failed
                 # in storing it (the result store is down, say). Give the
-                # message back so it runs again rather than vanish.
-                logger.exception(
-                    "task outcome not stored name=%s id=%s", job.task.name, job.envelope.id
+                # message back so it runs again rather than vanish. An outage
+                # is expected trouble: one line, the traceback only at DEBUG.
+                logger.warning(
+                    "task outcome not stored, message given back name=%s id=%s error=%s",
+                    job.task.name,
+                    job.envelope.id,
+                    error,
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
                 )
                 verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
             waiting.append((job, verdict))
