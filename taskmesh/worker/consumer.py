@@ -17,6 +17,7 @@ connections.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import logging
@@ -337,7 +338,7 @@ class Consumer:
                         wait = min(_RECEIVE_WAIT, self._next_limit_in())
                         self._admit(transport, transport.receive(self.queues, room, wait))
                     if outage is not None:
-                        logger.warning(
+                        logger.info(
                             "broker connection restored url=%s after_ms=%.0f",
                             transport.safe_url,
                             (time.monotonic() - outage) * 1000,
@@ -602,17 +603,32 @@ class Consumer:
         self._start_executor()
 
     def _give_back(self, transport: Transport) -> None:
-        """Return prefetched, not yet started messages to their queues at once."""
-        for job in self._buffer.drain():
+        """Return prefetched, not yet started messages to their queues at once.
+
+        If the broker is away, the rest are left to their leases, which bring
+        them back just the same, only later.
+        """
+        jobs = self._buffer.drain()
+        for job in jobs:
             self._held.pop(id(job), None)
-            if not job.acked:
-                transport.requeue(job.delivery)
-        logger.debug("prefetched messages given back")
+        try:
+            for job in jobs:
+                if not job.acked:
+                    transport.requeue(job.delivery)
+        except BrokerError as exc:
+            logger.warning(
+                "prefetched messages not given back, they return when their leases run out "
+                "error=%s",
+                exc,
+            )
+            return
+        logger.debug("prefetched messages given back count=%d", len(jobs))
 
     def _shutdown(self, transport: Transport) -> None:
         self._give_back(transport)
         deadline = time.monotonic() + self.shutdown_timeout
-        self._settle(transport, block=False)
+        with contextlib.suppress(BrokerError):
+            self._settle(transport, block=False)
         if self._held:
             logger.info(
                 "waiting for running tasks count=%d timeout_ms=%.0f",
@@ -620,12 +636,17 @@ class Consumer:
                 self.shutdown_timeout * 1000,
             )
         while self._held and time.monotonic() < deadline:
-            self._settle(transport, block=True)
-            self._check_limits(transport)
+            try:
+                self._settle(transport, block=True)
+                self._check_limits(transport)
+            except BrokerError:
+                # Finished jobs stay unsettled and are tried again until the
+                # deadline; after it their leases return the messages.
+                time.sleep(0.2)
         if self._held:
             logger.warning(
-                "shutdown timeout passed with tasks running count=%d; their messages return "
-                "to the queue when the lease runs out",
+                "shutdown timeout passed with tasks running or unacked count=%d; their "
+                "messages return to the queue when the lease runs out",
                 len(self._held),
             )
         self._buffer.close()
