@@ -75,3 +75,40 @@ def test_jobs_whose_ack_failed_are_acked_once_the_broker_is_back(
         time.sleep(0.01)
     assert app.transport().size("default") == 0, "a finished message was never acked"
     assert AckOutage.failures == 0
+
+
+class GoneAway(MemoryTransport):
+    """A broker that stops answering acks and requeues once ``gone`` is set."""
+
+    gone = threading.Event()
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        if GoneAway.gone.is_set():
+            raise ConnectionLost("broker went away", self.safe_url)
+        super().ack_many(deliveries)
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        if GoneAway.gone.is_set():
+            raise ConnectionLost("broker went away", self.safe_url)
+        super().requeue(delivery, delay)
+
+
+def test_stopping_while_the_broker_is_away_ends_within_the_timeout_without_crashing(
+    app: TaskMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    GoneAway.gone.clear()
+    app.conf.worker_shutdown_timeout = 1
+    monkeypatch.setattr(app, "connect_broker", lambda: GoneAway(app.conf.broker_url))
+    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
+    results = [app.send_task("unit.add", [i, i]) for i in range(3)]
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(consumer.run()), daemon=True)
+    thread.start()
+    assert results[0].get(timeout=10) == 0
+    GoneAway.gone.set()
+    consumer.stop()
+    started = time.monotonic()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert status == [0], "the consumer reported a crash"
