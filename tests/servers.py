@@ -144,6 +144,12 @@ class RedisServer:
             self.process = None
 
 
+def prefixed(server: RedisServer, *options: str) -> str:
+    """Return the server's URL with a key prefix no other test uses."""
+    query = "&".join((f"key_prefix=t{uuid.uuid4().hex[:10]}:", *options))
+    return f"{server.url}?{query}"
+
+
 @contextlib.contextmanager
 def redis_server(folder: Path) -> Iterator[RedisServer]:
     """Run a redis-server for the duration of the block."""

@@ -22,15 +22,9 @@ from taskmesh.result import State, TaskRecord, task_key
 from taskmesh.transport import Outgoing, Transport, connect
 from tests.integration.contract import TransportContract, receive_until
 from tests.integration.harness import Scenario, scenario_context, wait_until
-from tests.servers import LOOPBACK, RedisServer, free_port
+from tests.servers import LOOPBACK, RedisServer, free_port, prefixed
 
 pytestmark = pytest.mark.redis
-
-
-def prefixed(server: RedisServer, *options: str) -> str:
-    """Return the server's URL with a key prefix no other test uses."""
-    query = "&".join((f"key_prefix=t{uuid.uuid4().hex[:10]}:", *options))
-    return f"{server.url}?{query}"
 
 
 class TestRedisTransport(TransportContract):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -17,15 +16,9 @@ from taskmesh.errors import ResultError
 from taskmesh.result import State, TaskRecord, connect_store, task_key
 from tests.integration.contract import ResultStoreContract
 from tests.integration.harness import wait_until
-from tests.servers import LOOPBACK, RedisServer, free_port
+from tests.servers import LOOPBACK, RedisServer, free_port, prefixed
 
 pytestmark = pytest.mark.redis
-
-
-def prefixed(server: RedisServer, *options: str) -> str:
-    """Return the server's URL with a key prefix no other test uses."""
-    query = "&".join((f"key_prefix=t{uuid.uuid4().hex[:10]}:", *options))
-    return f"{server.url}?{query}"
 
 
 class TestRedisResultStore(ResultStoreContract):
