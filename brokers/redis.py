@@ -69,7 +69,13 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+)
 from redis.retry import Retry
 
 from taskmesh.errors import (
@@ -382,9 +388,10 @@ class RedisTransport(Transport):
         keys = [key for queue in queues for key in self._keys(queue, *kinds)]
         wake_keys = [self._client.key(queue, "wake") for queue in queues]
         lease_ms = max(1, round(self.lease_seconds * 1000))
+        args = [max_messages, lease_ms]
         deadline = time.monotonic() + timeout
+        reply = self._script("receive", keys, args, retry=False)
         while True:
-            reply = self._script("receive", keys, [max_messages, lease_ms], retry=False)
             if len(reply) > 1:
                 return self._deliveries(queues, reply)
             remaining = deadline - time.monotonic()
@@ -394,12 +401,39 @@ class RedisTransport(Transport):
             if int(reply[0]) >= 0:
                 wait = min(wait, int(reply[0]) / 1000)
             # BLPOP reads 0 as "for ever"; wait at least a millisecond instead.
-            self._block(wake_keys, max(wait, 0.001))
+            reply = self._block_then_receive(wake_keys, max(wait, 0.001), keys, args)
 
-    def _block(self, wake_keys: list[str], seconds: float) -> None:
-        self._client.call(
-            "receive", lambda: self._client.redis.blpop(wake_keys, seconds), retry=False
-        )
+    def _block_then_receive(
+        self, wake_keys: list[str], seconds: float, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Wait on the wake lists, then run the receive script, in one round trip.
+
+        Redis runs a connection's commands in order, and holds those sent
+        behind a blocked ``BLPOP`` until it returns: so the script runs the
+        moment a publish wakes the list, without a second trip from here.
+        """
+        script = self._scripts["receive"]
+
+        def pipelined() -> Any:
+            # evalsha by hand: a Script object in a pipeline costs a SCRIPT
+            # EXISTS round trip on every execute.
+            pipe = self._client.redis.pipeline(transaction=False)
+            pipe.blpop(wake_keys, seconds)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            woken, reply = pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):
+                return None
+            for result in (woken, reply):
+                if isinstance(result, Exception):
+                    raise result
+            return reply
+
+        reply = self._client.call("receive", pipelined, retry=False)
+        if reply is None:
+            # The server lost its scripts (a restart, SCRIPT FLUSH): the
+            # Script object loads the script again.
+            return self._script("receive", keys, args, retry=False)
+        return reply
 
     def _deliveries(self, queues: Sequence[str], reply: list[Any]) -> list[Delivery]:
         deliveries = []
