@@ -167,7 +167,9 @@ SETTINGS: dict[str, Setting] = {
         None, _positive(_to_optional_float), "Processes or threads; CPU count."
     ),
     "worker_pool": Setting("prefork", _to_choice("prefork", "threads"), "Execution pool."),
-    "worker_prefetch_multiplier": Setting(4, _positive(_to_int), "Messages held per slot."),
+    "worker_prefetch_multiplier": Setting(
+        16, _positive(_to_int), "Most messages held per slot; fewer while tasks are slow."
+    ),
     "worker_shutdown_timeout": Setting(
         30.0, _positive(_to_float, allow_zero=True), "Seconds running tasks get at stop."
     ),

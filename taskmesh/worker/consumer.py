@@ -68,6 +68,11 @@ EXIT_HARD_LIMIT = 75
 
 _RECEIVE_WAIT = 0.5
 _BACKSTOP_FACTOR = 4
+# Seconds of waiting work one executor may hold besides its running task; the
+# prefetch window shrinks towards one message per executor as tasks get slower.
+_WAITING_SECONDS = 0.1
+# Weight of the newest task's duration in the running average.
+_DURATION_WEIGHT = 0.2
 _BACKOFF_START, _BACKOFF_MAX = 0.2, 10.0
 
 
@@ -95,6 +100,7 @@ class Job:
     hard_at: float | None = None
     soft_sent: bool = False
     abandoned: bool = False
+    seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -141,7 +147,8 @@ class Consumer:
         concurrency: Executors (threads) in THREADS mode; 1 in MAIN mode.
         mode: Where tasks run (see the module docstring).
         hostname: This consumer's name for logs and ``self.request``.
-        prefetch_multiplier: Messages held per executor, running included.
+        prefetch_multiplier: Most messages held per executor, running included;
+            fewer while tasks are slow (see :meth:`_resize`).
     """
 
     def __init__(
@@ -160,8 +167,12 @@ class Consumer:
         self.concurrency = 1 if mode is ExecutorMode.MAIN else max(1, concurrency)
         self.hostname = hostname or f"{os.getpid()}@consumer"
         multiplier = prefetch_multiplier or app.conf.worker_prefetch_multiplier
-        self.capacity = max(1, self.concurrency * multiplier)
+        self.max_capacity = max(1, self.concurrency * multiplier)
+        # Until tasks have been timed, hold two per executor, as a slow task
+        # would get: a queue of long tasks is not hoarded by the first child.
+        self.capacity = min(self.max_capacity, 2 * self.concurrency)
         self._refill = max(1, self.capacity // 2)
+        self._task_seconds: float | None = None
         self.max_deliveries: int = app.conf.task_max_deliveries
         self.shutdown_timeout: float = app.conf.worker_shutdown_timeout
         self._buffer = _Buffer()
@@ -301,6 +312,7 @@ class Consumer:
             with self._running_lock:
                 self._running.pop(id(job), None)
                 job.thread_id = None
+            job.seconds = time.monotonic() - now
             if job.abandoned:
                 raise _Abandoned
 
@@ -522,6 +534,7 @@ class Consumer:
             pass
         if not finished:
             return
+        self._resize(finished)
         acks = [
             job.delivery
             for job, verdict in finished
@@ -538,6 +551,31 @@ class Consumer:
             job.acked = True
             self._held.pop(id(job), None)
             finished.pop(0)
+
+    def _resize(self, finished: Sequence[tuple[Job, Verdict]]) -> None:
+        """Fit the prefetch window to how long tasks take.
+
+        Fast tasks get the whole window (``worker_prefetch_multiplier`` per
+        executor), so one receive and one ack cover many tasks. Slow ones get
+        only as many waiting messages as an executor finishes in
+        ``_WAITING_SECONDS``, down to none: a message held behind a long task
+        would wait there while another worker idles.
+        """
+        average = self._task_seconds
+        for job, _ in finished:
+            if job.seconds > 0:
+                if average is None:
+                    average = job.seconds
+                else:
+                    average += (job.seconds - average) * _DURATION_WEIGHT
+        if average is None:
+            return
+        self._task_seconds = average
+        waiting = int(_WAITING_SECONDS / max(average, 1e-6)) * self.concurrency
+        capacity = max(self.concurrency, min(self.max_capacity, self.concurrency + waiting))
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self._refill = max(1, capacity // 2)
 
     def _extend_leases(self, transport: Transport) -> None:
         if not transport.capabilities.lease_extension:

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import pytest
 
@@ -17,7 +18,8 @@ from taskmesh import TaskMesh
 from taskmesh.brokers.memory import MemoryTransport
 from taskmesh.errors import ConnectionLost
 from taskmesh.transport import Delivery
-from taskmesh.worker.consumer import Consumer, ExecutorMode
+from taskmesh.worker.consumer import Consumer, ExecutorMode, Job
+from taskmesh.worker.execute import Action, Verdict
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -112,3 +114,85 @@ def test_stopping_while_the_broker_is_away_ends_within_the_timeout_without_crash
     assert not thread.is_alive()
     assert time.monotonic() - started < 5
     assert status == [0], "the consumer reported a crash"
+
+
+class Counting(MemoryTransport):
+    """Records how many messages the consumer held at each receive."""
+
+    held_after_first_ack: ClassVar[list[int]] = []
+    asked: ClassVar[list[int]] = []
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._count = 0
+        self._acked_once = False
+
+    def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        Counting.asked.append(max_messages)
+        deliveries = super().receive(queues, max_messages, timeout)
+        self._count += len(deliveries)
+        if self._acked_once:
+            Counting.held_after_first_ack.append(self._count)
+        return deliveries
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        super().ack_many(deliveries)
+        self._count -= len(deliveries)
+        self._acked_once = True
+
+
+def run_counting(app: TaskMesh, monkeypatch: pytest.MonkeyPatch, results: list[Any]) -> None:
+    Counting.held_after_first_ack, Counting.asked = [], []
+    monkeypatch.setattr(app, "connect_broker", lambda: Counting(app.conf.broker_url))
+    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        for result in results:
+            result.get(timeout=20)
+    finally:
+        consumer.stop()
+        thread.join(10)
+    assert not thread.is_alive(), "the consumer did not stop"
+
+
+def test_fast_tasks_widen_the_prefetch_window_to_the_multiplier(
+    app: TaskMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = [app.send_task("unit.add", [i, i]) for i in range(300)]
+    run_counting(app, monkeypatch, results)
+    assert Counting.asked[0] == 2, "a new consumer holds two per executor"
+    assert max(Counting.asked) > 2, "fast tasks never widened the window"
+    assert max(Counting.asked) <= app.conf.worker_prefetch_multiplier
+
+
+def test_slow_tasks_leave_nothing_waiting_behind_the_running_one(
+    app: TaskMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task(name="unit.nap")
+    def nap() -> None:
+        time.sleep(0.15)  # the workload: slower than the 0.1 s of waiting work
+
+    results = [app.send_task("unit.nap") for _ in range(4)]
+    run_counting(app, monkeypatch, results)
+    assert Counting.held_after_first_ack, "nothing was received after the first ack"
+    assert max(Counting.held_after_first_ack) <= 1, Counting.held_after_first_ack
+
+
+def test_the_window_follows_the_running_average_of_task_time(app: TaskMesh) -> None:
+    consumer = Consumer(app, ["default"], concurrency=4, mode=ExecutorMode.THREADS)
+    assert (consumer.capacity, consumer.max_capacity) == (8, 64)
+
+    def finish(seconds: float, count: int) -> None:
+        delivery = Delivery("default", b"", {}, 1, None)
+        job = Job(delivery, app.codec().decode(app.encode(app.build_envelope("x")).body), add)
+        job.seconds = seconds
+        consumer._resize([(job, Verdict(Action.ACK))] * count)
+
+    add = app.get_task("unit.add")
+    finish(0.0001, 1)
+    assert consumer.capacity == 64
+    finish(0.030, 30)  # 3 waiting per executor fit in 0.1 s
+    assert consumer.capacity == 4 + 4 * 3
+    finish(5.0, 1)
+    assert consumer.capacity == 4, "a slow task leaves only the running ones"
