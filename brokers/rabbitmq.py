@@ -81,7 +81,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -108,7 +108,7 @@ from taskmesh.transport import (
 )
 from taskmesh.urls import mask_url, parse_options, split_options
 
-__all__ = ["DELAY_LEVELS_MS", "RabbitMQTransport", "delay_level_ms"]
+__all__ = ["DELAY_LEVELS_MS", "RabbitMQTransport", "ack_frames", "delay_level_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,34 @@ def _int_header(headers: Mapping[str, Any], name: str) -> int:
         return max(0, int(value)) if value is not None else 0
     except (TypeError, ValueError):
         return 0
+
+
+def ack_frames(tags: Collection[int], unacked: Iterable[int]) -> list[tuple[int, bool]]:
+    """Return the fewest ``basic.ack`` frames that settle exactly ``tags``.
+
+    An ack with ``multiple`` settles every unacked tag up to its own on the
+    channel, and has no lower bound. So it may cover only the tags below the
+    lowest unacked tag that is *not* being acked now; each tag above that one
+    needs a frame of its own. Tags the broker has not delivered yet are higher
+    than every delivered one and never in the way.
+
+    Args:
+        tags: The delivery tags to ack, all of them unacked on the channel.
+        unacked: Every tag delivered on the channel and not acked yet, ``tags``
+            included.
+
+    Returns:
+        ``(delivery_tag, multiple)`` pairs in the order to send them.
+    """
+    if not tags:
+        return []
+    kept = [tag for tag in unacked if tag not in tags]
+    floor = min(kept) if kept else None
+    ordered = sorted(tags)
+    below = [tag for tag in ordered if floor is None or tag < floor]
+    frames = [(below[-1], len(below) > 1)] if below else []
+    frames.extend((tag, False) for tag in ordered[len(below) :])
+    return frames
 
 
 def user_headers(headers: Mapping[str, Any]) -> dict[str, str]:
@@ -267,6 +295,10 @@ class RabbitMQTransport(Transport):
         self._prefetch = 0
         self._incoming: deque[_Incoming] = deque()
         self._outstanding: set[int] = set()
+        # Every tag delivered on the channel and not acked yet: the caller's
+        # (``_outstanding``), those still in ``_incoming``, a holding-queue get.
+        # A multiple ack must never reach one that is not being acked.
+        self._unacked: set[int] = set()
         self._held: dict[tuple[int, int], _Held] = {}
         self._last_io = time.monotonic()
         self._pulse_stop = threading.Event()
@@ -319,6 +351,7 @@ class RabbitMQTransport(Transport):
         self._consuming = {}
         self._incoming.clear()
         self._outstanding.clear()
+        self._unacked.clear()
         self._prefetch = 0
         self._declared = {}
         self._start_pulse()
@@ -349,6 +382,7 @@ class RabbitMQTransport(Transport):
         connection, self._connection, self._channel = self._connection, None, None
         self._incoming.clear()
         self._outstanding.clear()
+        self._unacked.clear()
         self._consuming = {}
         if connection is not None and connection.is_open:
             try:
@@ -650,6 +684,7 @@ class RabbitMQTransport(Transport):
             properties: pika.BasicProperties,
             body: bytes,
         ) -> None:
+            self._unacked.add(method.delivery_tag)
             self._incoming.append(
                 _Incoming(queue, method.delivery_tag, method.redelivered, properties, body)
             )
@@ -677,6 +712,7 @@ class RabbitMQTransport(Transport):
                 incoming.queue, incoming.body, user_headers(headers), priority, prior, not_before
             )
             channel.basic_ack(incoming.tag)
+            self._unacked.discard(incoming.tag)
             return None
         receipt = _Receipt(self._generation, incoming.tag, priority, time.monotonic())
         self._outstanding.add(incoming.tag)
@@ -697,22 +733,36 @@ class RabbitMQTransport(Transport):
         self.ack_many([delivery])
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack several deliveries (acks are not confirmed, so no round trip)."""
+        """Ack several deliveries in as few frames as the channel allows.
+
+        One ``basic.ack`` with ``multiple`` covers the given deliveries below
+        the lowest delivery still unacked that is not among them; each of the
+        others takes a frame of its own (see :func:`ack_frames`). Acks are not
+        confirmed, so there is no round trip. Deliveries moved to a holding
+        queue drop their copy instead; those of a connection that is gone, or
+        already settled, are skipped.
+        """
         with self._locked():
-            for delivery in deliveries:
-                if self._release_held(delivery):
-                    continue
+            # Holding-queue copies first: dropping one may reconnect, and tags
+            # are read after that, against the channel they will be acked on.
+            rest = [delivery for delivery in deliveries if not self._release_held(delivery)]
+            tags: set[int] = set()
+            for delivery in rest:
                 receipt = self._live(delivery)
-                if receipt is None or self._channel is None:
-                    continue
-                if receipt.tag not in self._outstanding:
-                    continue
-                self._outstanding.discard(receipt.tag)
-                try:
-                    self._channel.basic_ack(receipt.tag)
-                except _DRIVER_ERRORS as exc:
-                    logger.debug("broker ack failed url=%s error=%r", self.safe_url, exc)
-                    self._drop()
+                if receipt is not None and receipt.tag in self._outstanding:
+                    tags.add(receipt.tag)
+            channel = self._channel
+            if not tags or channel is None:
+                return
+            try:
+                for tag, multiple in ack_frames(tags, self._unacked):
+                    channel.basic_ack(tag, multiple=multiple)
+            except _DRIVER_ERRORS as exc:
+                logger.debug("broker ack failed url=%s error=%r", self.safe_url, exc)
+                self._drop()
+                return
+            self._outstanding -= tags
+            self._unacked -= tags
 
     def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Publish a copy that keeps the delivery count, then ack the original.
@@ -808,6 +858,7 @@ class RabbitMQTransport(Transport):
         channel.basic_publish("", holding, delivery.body, properties, mandatory=True)
         channel.basic_ack(receipt.tag)
         self._outstanding.discard(receipt.tag)
+        self._unacked.discard(receipt.tag)
         self._held[(receipt.generation, receipt.tag)] = _Held(
             delivery.queue, marker, time.monotonic()
         )
@@ -826,11 +877,13 @@ class RabbitMQTransport(Transport):
             method, properties, body = channel.basic_get(holding, auto_ack=False)
             if method is None:
                 break
+            self._unacked.add(method.delivery_tag)
             marker = (properties.headers or {}).get(HELD_HEADER)
             if marker in keep:
                 channel.basic_publish("", holding, body, properties, mandatory=True)
                 keep[marker].copied_at = time.monotonic()
             channel.basic_ack(method.delivery_tag)
+            self._unacked.discard(method.delivery_tag)
 
     def _release_held(self, delivery: Delivery) -> bool:
         """Drop a moved delivery's copy; return False if it was never moved."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taskmesh.brokers.rabbitmq import (
     DELAY_LEVELS_MS,
     RabbitMQTransport,
+    ack_frames,
     delay_level_ms,
     delivery_count,
     user_headers,
@@ -49,6 +52,59 @@ def test_a_delay_of_days_takes_about_twenty_hops_and_is_never_early(days: int) -
         hops += 1
     assert hops <= 24 + days // 12
     assert remaining > -DELAY_LEVELS_MS[0]
+
+
+def settled(frames: list[tuple[int, bool]], unacked: set[int]) -> set[int]:
+    """Replay ``frames`` as the broker would; return the tags they settle."""
+    left = set(unacked)
+    for tag, multiple in frames:
+        assert tag in left
+        left -= {other for other in left if other <= tag} if multiple else {tag}
+    return set(unacked) - left
+
+
+def test_acking_every_unacked_delivery_is_one_multiple_frame() -> None:
+    assert ack_frames({3, 1, 2}, {1, 2, 3}) == [(3, True)]
+
+
+def test_a_single_delivery_is_acked_alone() -> None:
+    assert ack_frames({5}, {5, 6}) == [(5, False)]
+    assert ack_frames({6}, {5, 6}) == [(6, False)]
+
+
+def test_multiple_stops_below_the_first_delivery_kept_unacked() -> None:
+    # 4 stays unacked, so 5 and 7 need frames of their own.
+    assert ack_frames({1, 2, 3, 5, 7}, {1, 2, 3, 4, 5, 6, 7}) == [
+        (3, True),
+        (5, False),
+        (7, False),
+    ]
+
+
+def test_a_batch_above_a_kept_delivery_is_acked_one_by_one() -> None:
+    assert ack_frames({2, 3}, {1, 2, 3}) == [(2, False), (3, False)]
+
+
+def test_tags_acked_earlier_leave_no_gap() -> None:
+    # 2 was an early or redelivered message the adapter acked on receipt.
+    assert ack_frames({1, 3}, {1, 3, 4}) == [(3, True)]
+
+
+def test_nothing_to_ack_sends_nothing() -> None:
+    assert ack_frames(set(), {1, 2}) == []
+
+
+@given(st.sets(st.integers(1, 40)), st.data())
+def test_frames_settle_exactly_the_batch_and_no_more_frames_than_needed(
+    unacked: set[int], data: st.DataObject
+) -> None:
+    batch = data.draw(st.sets(st.sampled_from(sorted(unacked)))) if unacked else set()
+    frames = ack_frames(batch, unacked)
+    assert settled(frames, unacked) == batch
+    kept = unacked - batch
+    floor = min(kept, default=max(unacked, default=0) + 1)
+    below = [tag for tag in batch if tag < floor]
+    assert len(frames) == min(1, len(below)) + len(batch) - len(below)
 
 
 def test_delivery_count_on_a_classic_queue_reads_the_header_and_the_redelivered_flag() -> None:
