@@ -88,6 +88,14 @@ class _Abandoned(BaseException):
 
 
 @dataclass(eq=False)
+class _Write:
+    """Finished jobs whose result records the loop thread writes before settling them."""
+
+    records: list[tuple[str, bytes, bool]]
+    jobs: list[tuple[Job, Verdict]]
+
+
+@dataclass(eq=False)
 class Job:
     """One screened message on its way through the consumer."""
 
@@ -176,7 +184,7 @@ class Consumer:
         self.max_deliveries: int = app.conf.task_max_deliveries
         self.shutdown_timeout: float = app.conf.worker_shutdown_timeout
         self._buffer = _Buffer()
-        self._done: queue.SimpleQueue[tuple[Job, Verdict]] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[Job, Verdict] | _Write] = queue.SimpleQueue()
         self._held: dict[int, Job] = {}
         self._unsettled: list[tuple[Job, Verdict]] = []
         self._running: dict[int, Job] = {}
@@ -246,7 +254,7 @@ class Consumer:
             waiting.clear()
 
         batch = ResultBatch(self.app, on_flush)
-        while (job := self._next_job(batch)) is not None:
+        while (job := self._next_job(batch, waiting)) is not None:
             try:
                 verdict = execute(
                     self.app,
@@ -277,10 +285,19 @@ class Consumer:
             if not batch:
                 on_flush(True)
 
-    def _next_job(self, batch: ResultBatch) -> Job | None:
-        """Take the next job; write held results first if none is waiting."""
-        if batch and (batch.full or not len(self._buffer)):
-            self._flush(batch)
+    def _next_job(self, batch: ResultBatch, waiting: list[tuple[Job, Verdict]]) -> Job | None:
+        """Take the next job, handing held results to the loop thread first if due.
+
+        The loop thread writes them (with other executors' records, in one
+        call) and only then settles their messages, while this executor runs
+        on. They are handed over once they cover this executor's share of half
+        the window, so the loop can ack and fetch more before the buffer runs
+        dry, or when no job is waiting.
+        """
+        share = max(1, self._refill // self.concurrency)
+        if batch and (batch.full or len(batch) >= share or not len(self._buffer)):
+            self._done.put(_Write(batch.take(), list(waiting)))
+            waiting.clear()
         return self._buffer.take()
 
     @staticmethod
@@ -521,17 +538,7 @@ class Consumer:
         would leave their messages leased by this worker until it stops.
         """
         finished = self._unsettled
-        need = max(1, self._refill - (self.capacity - len(self._held))) if block else 0
-        try:
-            while len(finished) < need:
-                wait = max(0.01, min(0.5, self._next_limit_in()))
-                finished.append(self._done.get(timeout=wait))
-                if not len(self._buffer):
-                    break
-            while True:
-                finished.append(self._done.get_nowait())
-        except queue.Empty:
-            pass
+        self._collect(finished, block=block)
         if not finished:
             return
         self._resize(finished)
@@ -551,6 +558,57 @@ class Consumer:
             job.acked = True
             self._held.pop(id(job), None)
             finished.pop(0)
+
+    def _collect(self, finished: list[tuple[Job, Verdict]], *, block: bool) -> None:
+        """Move finished jobs into ``finished``, writing handed-over results first."""
+        writes: list[_Write] = []
+        need = max(1, self._refill - (self.capacity - len(self._held))) if block else 0
+        try:
+            while len(finished) + sum(len(write.jobs) for write in writes) < need:
+                wait = max(0.01, min(0.5, self._next_limit_in()))
+                self._sort(self._done.get(timeout=wait), finished, writes)
+                if not len(self._buffer):
+                    break
+            while True:
+                self._sort(self._done.get_nowait(), finished, writes)
+        except queue.Empty:
+            pass
+        if writes:
+            finished.extend(self._write_results(writes))
+
+    @staticmethod
+    def _sort(
+        item: tuple[Job, Verdict] | _Write,
+        finished: list[tuple[Job, Verdict]],
+        writes: list[_Write],
+    ) -> None:
+        if isinstance(item, _Write):
+            writes.append(item)
+        else:
+            finished.append(item)
+
+    def _write_results(self, writes: Sequence[_Write]) -> list[tuple[Job, Verdict]]:
+        """Store the records of ``writes`` in one call; their jobs are then finished.
+
+        If the store fails, the jobs' messages are given back to run again
+        rather than acked with their outcome lost.
+        """
+        jobs = [pair for write in writes for pair in write.jobs]
+        records = [record for write in writes for record in write.records]
+        try:
+            if records:
+                ResultBatch.write(self.app, records)
+        except Exception as error:
+            for job, _ in jobs:
+                logger.warning(
+                    "task outcome not stored, message given back name=%s id=%s error=%s",
+                    job.task.name,
+                    job.envelope.id,
+                    error,
+                )
+            given_back = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
+            return [(job, given_back) for job, _ in jobs]
+        return jobs
 
     def _resize(self, finished: Sequence[tuple[Job, Verdict]]) -> None:
         """Fit the prefetch window to how long tasks take.

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -155,18 +155,30 @@ class ResultBatch:
         Raises:
             ResultError: The store failed; the held records are dropped.
         """
-        items, self._items = self._items, []
+        items = self.take()
         if items:
             try:
-                self.app.result_store().set_many(
-                    items, expires_seconds=self.app.conf.result_expires
-                )
+                self.write(self.app, items)
             except Exception:
                 if self.on_flush is not None:
                     self.on_flush(False)
                 raise
         if self.on_flush is not None:
             self.on_flush(True)
+
+    def take(self) -> list[tuple[str, bytes, bool]]:
+        """Return the held records and forget them, for another thread to :meth:`write`."""
+        items, self._items = self._items, []
+        return items
+
+    @staticmethod
+    def write(app: TaskMesh, items: Sequence[tuple[str, bytes, bool]]) -> None:
+        """Write records taken from batches in one call to ``app``'s store.
+
+        Raises:
+            ResultError: The store failed.
+        """
+        app.result_store().set_many(items, expires_seconds=app.conf.result_expires)
 
 
 def _store(

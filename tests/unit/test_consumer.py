@@ -196,3 +196,34 @@ def test_the_window_follows_the_running_average_of_task_time(app: TaskMesh) -> N
     assert consumer.capacity == 4 + 4 * 3
     finish(5.0, 1)
     assert consumer.capacity == 4, "a slow task leaves only the running ones"
+
+
+def test_a_result_write_that_fails_gives_the_messages_back_to_run_again(
+    app: TaskMesh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from taskmesh.backends.memory import MemoryResultStore
+    from taskmesh.errors import ResultError
+
+    failures = [2]
+
+    class FailingStore(MemoryResultStore):
+        def set_many(
+            self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float
+        ) -> None:
+            if failures[0] > 0 and threading.current_thread().name == "taskmesh-loop":
+                failures[0] -= 1
+                raise ResultError("store went away", self.safe_url)
+            super().set_many(items, expires_seconds=expires_seconds)
+
+    stores: dict[int, FailingStore] = {}
+
+    def result_store() -> FailingStore:
+        return stores.setdefault(threading.get_ident(), FailingStore(app.result_url))
+
+    monkeypatch.setattr(app, "result_store", result_store)
+    results = [app.send_task("unit.add", [i, i]) for i in range(20)]
+    run_counting(app, monkeypatch, results)
+    assert [r.get(timeout=1) for r in results] == [2 * i for i in range(20)]
+    assert failures == [0], "the loop thread never wrote a handed-over batch"
+    assert app.transport().size("default") == 0, "a message was lost or left unacked"
+    assert "task outcome not stored, message given back" in caplog.text
