@@ -390,8 +390,10 @@ class TaskMesh:
             EncodeError: Something in it cannot be encoded.
             MessageTooLarge: It exceeds ``task_max_message_bytes``.
         """
-        body = self.codec().encode(envelope)
-        limit: int = self.conf.task_max_message_bytes
+        return self._encode(envelope, self.codec(), self.conf.task_max_message_bytes)
+
+    def _encode(self, envelope: Envelope, codec: Codec, limit: int) -> Outgoing:
+        body = codec.encode(envelope)
         if len(body) > limit:
             raise MessageTooLarge(
                 f"Message for task {envelope.task!r} (id {envelope.id}) is {len(body)} bytes, "
@@ -411,7 +413,8 @@ class TaskMesh:
             for envelope in envelopes:
                 self.run_eager(envelope)
             return
-        messages = [self.encode(envelope) for envelope in envelopes]
+        codec, limit = self.codec(), self.conf.task_max_message_bytes
+        messages = [self._encode(envelope, codec, limit) for envelope in envelopes]
         transport = self.transport()
         if len(messages) == 1:
             transport.publish(messages[0])

@@ -8,7 +8,8 @@ everything so an operator can change a deployment without editing code.
 
 An unknown name or a value of the wrong type is a ``ConfigurationError`` when
 it is set, not when it is first used. Once a worker or beat starts, the app is
-finalized and ``app.conf`` becomes read-only.
+finalized and ``app.conf`` becomes read-only: its values, environment
+included, are read once then.
 """
 
 from __future__ import annotations
@@ -194,6 +195,9 @@ class Config:
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "_finalized", False)
+        # Once finalized, every value is read here: no environment lookup and
+        # no conversion on a worker's hot path.
+        object.__setattr__(self, "_frozen", None)
         for name, value in (overrides or {}).items():
             self[name] = value
 
@@ -206,6 +210,9 @@ class Config:
         self[name] = value
 
     def __getitem__(self, name: str) -> Any:
+        frozen: dict[str, Any] | None = self._frozen
+        if frozen is not None and name in frozen:
+            return frozen[name]
         setting = _setting(name)
         env = os.environ.get(_ENV_PREFIX + name.upper())
         if env is not None:
@@ -249,9 +256,9 @@ class Config:
                     raise ConfigurationError(
                         f"Environment variable {variable} names no setting.{hint}"
                     )
-        for name in SETTINGS:
-            self[name]
+        values = {name: self[name] for name in SETTINGS}
         object.__setattr__(self, "_finalized", True)
+        object.__setattr__(self, "_frozen", values)
 
     def as_dict(self) -> dict[str, Any]:
         """Return every setting's current value."""

@@ -76,6 +76,15 @@ def test_finalized_settings_are_read_only() -> None:
         app.conf.broker_url = "memory://other"
 
 
+def test_finalized_settings_read_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKMESH_RESULT_EXPIRES", "90")
+    app = TaskMesh(broker="memory://")
+    app.finalize()
+    monkeypatch.setenv("TASKMESH_RESULT_EXPIRES", "120")
+    assert app.conf.result_expires == 90.0
+    assert TaskMesh(broker="memory://").conf.result_expires == 120.0
+
+
 def test_timedelta_is_accepted_for_seconds() -> None:
     conf = Config({"result_expires": datetime.timedelta(hours=1)})
     assert conf.result_expires == 3600.0
