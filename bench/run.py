@@ -188,8 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 2)
     parser.add_argument(
         "--taskmesh",
-        default="taskmesh,taskmesh-tuned",
-        help="taskmesh variants: taskmesh, taskmesh-tuned, taskmesh-threads",
+        default="taskmesh",
+        help="taskmesh variants: taskmesh, taskmesh-prefetch4, taskmesh-threads [taskmesh]",
     )
     parser.add_argument("--json", type=Path, default=None, help="[bench/results/<time>.json]")
     parser.add_argument("--skip", default="", help="workloads to skip: enqueue,drain,cpu,latency")
