@@ -365,7 +365,10 @@ class Consumer:
                     room = self.capacity - len(self._held)
                     if room > 0:
                         wait = min(_RECEIVE_WAIT, self._next_limit_in())
-                        self._admit(transport, transport.receive(self.queues, room, wait))
+                        if self._admit(transport, transport.receive(self.queues, room, wait)):
+                            # Let a waiting executor take the GIL now rather
+                            # than when this thread next blocks on the broker.
+                            time.sleep(0)
                     if outage is not None:
                         logger.info(
                             "broker connection restored url=%s after_ms=%.0f",
@@ -406,7 +409,9 @@ class Consumer:
             ]
         return max(0.0, min(deadlines) - now) if deadlines else _RECEIVE_WAIT
 
-    def _admit(self, transport: Transport, deliveries: Sequence[Delivery]) -> None:
+    def _admit(self, transport: Transport, deliveries: Sequence[Delivery]) -> int:
+        """Screen ``deliveries`` into the buffer; return how many jobs it gained."""
+        admitted = 0
         for delivery in deliveries:
             try:
                 job = self._screen(transport, delivery)
@@ -426,6 +431,8 @@ class Consumer:
                 transport.ack(delivery)
                 job.acked = True
             self._buffer.put(job)
+            admitted += 1
+        return admitted
 
     def _screen(self, transport: Transport, delivery: Delivery) -> Job | None:
         """Return a runnable job, or settle the message here and return ``None``.
