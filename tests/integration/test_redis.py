@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,36 +158,36 @@ def test_idle_receive_blocks_instead_of_polling(own_redis: RedisServer) -> None:
         assert command_calls(own_redis, "evalsha") - before <= 3
 
 
-def test_a_woken_receive_leases_in_the_same_round_trip(own_redis: RedisServer) -> None:
-    url = prefixed(own_redis)
+@contextmanager
+def blocked_receive(server: RedisServer, queue: str) -> Iterator[tuple[Transport, list[Any]]]:
+    """A receive of ``queue`` blocked on its wake list in a thread; yields a producer."""
+    url = prefixed(server)
     with connect(url) as consumer, connect(url) as producer:
         warm_up(consumer)
         taken: list[Any] = []
-        waiter = threading.Thread(target=lambda: taken.extend(consumer.receive(["w"], 5, 20.0)))
+        waiter = threading.Thread(target=lambda: taken.extend(consumer.receive([queue], 5, 20.0)))
         waiter.start()
-        wait_until(lambda: blocked_clients(own_redis) == 1, 10, "the receive to block")
+        wait_until(lambda: blocked_clients(server) == 1, 10, "the receive to block")
+        yield producer, taken
+        waiter.join(10)
+
+
+def test_a_woken_receive_leases_in_the_same_round_trip(own_redis: RedisServer) -> None:
+    with blocked_receive(own_redis, "w") as (producer, taken):
         # The script runs once before blocking and once, sent with the BLPOP,
         # when the publish wakes it: no third call after the wake.
         before = command_calls(own_redis, "evalsha")
         producer.publish(Outgoing("w", b"wake"))
-        waiter.join(10)
-        assert [d.body for d in taken] == [b"wake"]
-        assert command_calls(own_redis, "evalsha") - before == 2  # the publish, the receive
+    assert [d.body for d in taken] == [b"wake"]
+    assert command_calls(own_redis, "evalsha") - before == 2  # the publish, the receive
 
 
 def test_a_woken_receive_survives_a_script_flush(own_redis: RedisServer) -> None:
-    url = prefixed(own_redis)
-    with connect(url) as consumer, connect(url) as producer:
-        warm_up(consumer)
-        taken: list[Any] = []
-        waiter = threading.Thread(target=lambda: taken.extend(consumer.receive(["f"], 5, 20.0)))
-        waiter.start()
-        wait_until(lambda: blocked_clients(own_redis) == 1, 10, "the receive to block")
+    with blocked_receive(own_redis, "f") as (producer, taken):
         with closing(redis_py.Redis(host=LOOPBACK, port=own_redis.port)) as admin:
             admin.script_flush()
         producer.publish(Outgoing("f", b"after flush"))
-        waiter.join(10)
-        assert [d.body for d in taken] == [b"after flush"]
+    assert [d.body for d in taken] == [b"after flush"]
 
 
 def blocked_clients(server: RedisServer) -> int:
