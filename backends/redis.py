@@ -20,9 +20,8 @@ How it keeps its promises:
   reply still knows it won.
 
 Connection errors are retried for ``retry_timeout`` seconds (default 10), then
-raised as ``ResultError``. The module repeats the broker's few lines of client
-setup rather than import an adapter from another adapter: each loads, and
-type-checks, alone.
+raised as ``ResultError``. The options are read, and the client opened, by
+:mod:`taskmesh.redisurl`, which the broker uses too.
 
 Limitations: pub/sub channels are shared by every database of a server, so
 apps in different databases should still use different ``key_prefix`` values
@@ -38,19 +37,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import PubSub
 from redis.exceptions import AuthenticationError
-from redis.retry import Retry
 
-from taskmesh.errors import ConfigurationError, ResultError
+from taskmesh.errors import ResultError
+from taskmesh.redisurl import open_client, read_settings
 from taskmesh.result import ResultStore
-from taskmesh.urls import mask_url, parse_options
+from taskmesh.urls import mask_url
 
 __all__ = ["RedisResultStore"]
 
@@ -63,56 +59,9 @@ _MGET_BATCH = 1000
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    key_prefix: str = "taskmesh:"
-    socket_timeout: float = 10.0
-    connect_timeout: float = 5.0
-    retry_timeout: float = 10.0
-    db: int | None = None
-    ssl_cert_reqs: str | None = None
-    ssl_ca_certs: str | None = None
-
-
-_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "key_prefix": str,
-    "socket_timeout": float,
-    "connect_timeout": float,
-    "retry_timeout": float,
-    "db": int,
-    "ssl_cert_reqs": str,
-    "ssl_ca_certs": str,
-}
-
-
 def _as_bytes(value: object) -> bytes | None:
     # redis-py types replies as bytes-or-str; without decode_responses they are bytes.
     return value if isinstance(value, bytes) else None
-
-
-def _connect(url: str, settings: _Settings) -> redis.Redis:
-    if min(settings.socket_timeout, settings.connect_timeout) <= 0 or settings.retry_timeout < 0:
-        raise ConfigurationError(
-            f"Timeouts in {mask_url(url)} must be above 0 (retry_timeout: 0 or more)."
-        )
-    if settings.ssl_cert_reqs not in (None, "required", "optional", "none"):
-        raise ConfigurationError(
-            f"Option ssl_cert_reqs in {mask_url(url)} must be required, optional or none."
-        )
-    kwargs: dict[str, Any] = {
-        "socket_timeout": settings.socket_timeout,
-        "socket_connect_timeout": settings.connect_timeout,
-        "retry": Retry(NoBackoff(), 0),  # retried below, within retry_timeout
-    }
-    if not url.startswith("unix:"):
-        kwargs["socket_keepalive"] = True  # unix sockets take no keepalive
-    for name in ("db", "ssl_cert_reqs", "ssl_ca_certs"):
-        if getattr(settings, name) is not None:
-            kwargs[name] = getattr(settings, name)
-    try:
-        return redis.Redis.from_url(url.partition("?")[0], **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"Cannot use Redis URL {mask_url(url)}: {exc}.") from exc
 
 
 # KEYS: the keys to set. ARGV: the expiry in ms, then per key its value and
@@ -137,13 +86,8 @@ class RedisResultStore(ResultStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        try:
-            urlsplit(url).port  # noqa: B018 - reading it validates it
-        except ValueError as exc:
-            # Before anything formats the URL: the message must not echo a password.
-            raise ConfigurationError(f"The port in the Redis URL is not valid ({exc}).") from exc
-        self.settings = _Settings(**parse_options(url, _OPTIONS))
-        self._redis = _connect(url, self.settings)
+        self.settings = read_settings(url)
+        self._redis = open_client(url, self.settings)
         self._set_many = self._redis.register_script(_SET_MANY)
         self._pubsub: PubSub | None = None
         self._outage: float | None = None

@@ -62,13 +62,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -76,15 +73,14 @@ from redis.exceptions import (
     ReadOnlyError,
     RedisError,
 )
-from redis.retry import Retry
 
 from taskmesh.errors import (
     BrokerError,
     BrokerUnavailable,
-    ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
 )
+from taskmesh.redisurl import RedisSettings, open_client, read_settings
 from taskmesh.transport import (
     ORIGIN_HEADER,
     REASON_HEADER,
@@ -94,7 +90,7 @@ from taskmesh.transport import (
     Transport,
     dead_letter_queue,
 )
-from taskmesh.urls import mask_url, parse_options
+from taskmesh.urls import mask_url
 
 __all__ = ["RedisTransport"]
 
@@ -106,61 +102,6 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 _PUBLISH_BATCH = 500
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError)
 _SCRIPTS = ("publish", "receive", "ack", "extend", "requeue", "reject", "purge")
-
-
-@dataclass(frozen=True, slots=True)
-class RedisSettings:
-    """The URL options (see the module docstring)."""
-
-    key_prefix: str = "taskmesh:"
-    socket_timeout: float = 10.0
-    connect_timeout: float = 5.0
-    retry_timeout: float = 10.0
-    db: int | None = None
-    ssl_cert_reqs: str | None = None
-    ssl_ca_certs: str | None = None
-
-
-_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "key_prefix": str,
-    "socket_timeout": float,
-    "connect_timeout": float,
-    "retry_timeout": float,
-    "db": int,
-    "ssl_cert_reqs": str,
-    "ssl_ca_certs": str,
-}
-
-
-def _check_port(url: str) -> None:
-    # Checked before anything formats the URL: mask_url cannot parse a bad port
-    # either, and the message must not echo a password.
-    try:
-        urlsplit(url).port  # noqa: B018 - reading it validates it
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"The port in the Redis URL is not a number between 0 and 65535 ({exc})."
-        ) from exc
-
-
-def read_settings(url: str) -> RedisSettings:
-    """Read and check the options in ``url``'s query string.
-
-    Raises:
-        ConfigurationError: An option is unknown or out of range.
-    """
-    _check_port(url)
-    settings = RedisSettings(**parse_options(url, _OPTIONS))
-    for name in ("socket_timeout", "connect_timeout"):
-        if getattr(settings, name) <= 0:
-            raise ConfigurationError(f"Option {name} in {mask_url(url)} must be above 0.")
-    if settings.retry_timeout < 0:
-        raise ConfigurationError(f"Option retry_timeout in {mask_url(url)} must be 0 or more.")
-    if settings.ssl_cert_reqs not in (None, "required", "optional", "none"):
-        raise ConfigurationError(
-            f"Option ssl_cert_reqs in {mask_url(url)} must be required, optional or none."
-        )
-    return settings
 
 
 class RedisClient:
@@ -179,26 +120,7 @@ class RedisClient:
         self.safe_url = mask_url(url)
         self.settings = settings
         self._outage: float | None = None
-        bare = url.partition("?")[0]  # urlunsplit would drop unix://'s empty host
-        kwargs: dict[str, Any] = {
-            "socket_timeout": settings.socket_timeout,
-            "socket_connect_timeout": settings.connect_timeout,
-            # Retrying is ours to decide per operation; redis-py's default
-            # would retry even a receive, hiding an outage from the worker.
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if not url.startswith("unix:"):
-            kwargs["socket_keepalive"] = True  # unix sockets take no keepalive
-        if settings.db is not None:
-            kwargs["db"] = settings.db
-        if settings.ssl_cert_reqs is not None:
-            kwargs["ssl_cert_reqs"] = settings.ssl_cert_reqs
-        if settings.ssl_ca_certs is not None:
-            kwargs["ssl_ca_certs"] = settings.ssl_ca_certs
-        try:
-            self.redis: redis.Redis = redis.Redis.from_url(bare, **kwargs)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"Cannot use Redis URL {self.safe_url}: {exc}.") from exc
+        self.redis: redis.Redis = open_client(url, settings)
 
     def key(self, *parts: str) -> str:
         """Return the prefixed key made of ``parts`` joined by ``:``."""

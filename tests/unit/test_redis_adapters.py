@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -13,20 +15,22 @@ from hypothesis import strategies as st
 from taskmesh.backends.redis import RedisResultStore
 from taskmesh.brokers import redis as broker
 from taskmesh.errors import BrokerError, BrokerUnavailable, ConfigurationError, ConnectionLost
-from taskmesh.transport import Outgoing
+from taskmesh.redisurl import RedisSettings, open_client, read_settings
+from taskmesh.result import ResultStore
+from taskmesh.transport import Outgoing, Transport
 
 # A closed port: constructing adapters must not connect, so nothing listens here.
 URL = "redis://:secret@127.0.0.1:1/0"
 
 
 def test_defaults() -> None:
-    settings = broker.read_settings(URL)
-    assert settings == broker.RedisSettings()
+    settings = read_settings(URL)
+    assert settings == RedisSettings()
     assert settings.key_prefix == "taskmesh:"
 
 
 def test_options_are_typed() -> None:
-    settings = broker.read_settings(
+    settings = read_settings(
         f"{URL}?key_prefix=app1:&socket_timeout=2.5&retry_timeout=0&db=4&ssl_cert_reqs=none"
     )
     assert (settings.key_prefix, settings.socket_timeout, settings.retry_timeout) == (
@@ -37,36 +41,88 @@ def test_options_are_typed() -> None:
     assert (settings.db, settings.ssl_cert_reqs) == (4, "none")
 
 
+ADAPTERS: list[Callable[[str], Transport | ResultStore]] = [
+    broker.RedisTransport,
+    RedisResultStore,
+]
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
 @pytest.mark.parametrize(
     ("query", "complaint"),
     [
         ("key_prefx=a", "Did you mean 'key_prefix'"),
-        ("socket_timeout=0", "socket_timeout"),
-        ("connect_timeout=-1", "connect_timeout"),
-        ("retry_timeout=-1", "retry_timeout"),
+        ("socket_timeout=0", "Option socket_timeout .* must be above 0"),
+        ("connect_timeout=-1", "Option connect_timeout .* must be above 0"),
+        ("retry_timeout=-1", "Option retry_timeout .* must be 0 or more"),
         ("ssl_cert_reqs=maybe", "ssl_cert_reqs"),
         ("db=first", "db"),
     ],
 )
-def test_bad_options_are_configuration_errors(query: str, complaint: str) -> None:
+def test_bad_options_are_configuration_errors(
+    adapter: Callable[[str], Transport | ResultStore], query: str, complaint: str
+) -> None:
     with pytest.raises(ConfigurationError, match=complaint) as caught:
-        broker.RedisTransport(f"{URL}?{query}")
+        adapter(f"{URL}?{query}")
     assert "secret" not in str(caught.value)
 
 
-def test_store_rejects_the_same_bad_options() -> None:
-    with pytest.raises(ConfigurationError, match="key_prefix"):
-        RedisResultStore(f"{URL}?key_prefx=a")
-    with pytest.raises(ConfigurationError, match="Timeouts"):
-        RedisResultStore(f"{URL}?socket_timeout=0")
-    with pytest.raises(ConfigurationError, match="ssl_cert_reqs"):
-        RedisResultStore(f"{URL}?ssl_cert_reqs=maybe")
-
-
-def test_a_malformed_url_fails_at_construction_without_the_password() -> None:
-    with pytest.raises(ConfigurationError) as caught:
-        broker.RedisTransport("redis://:secret@127.0.0.1:port/0")
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_malformed_url_fails_at_construction_without_the_password(
+    adapter: Callable[[str], Transport | ResultStore],
+) -> None:
+    with pytest.raises(ConfigurationError, match="port") as caught:
+        adapter("redis://:secret@127.0.0.1:port/0")
     assert "secret" not in str(caught.value)
+
+
+def test_the_client_never_retries_by_itself_and_keeps_tcp_connections_alive() -> None:
+    url = (
+        "rediss://:secret@127.0.0.1:1?db=9&socket_timeout=2&connect_timeout=3"
+        "&ssl_cert_reqs=none&ssl_ca_certs=/tmp/taskmesh-test-ca.pem"
+    )
+    client = open_client(url, read_settings(url))
+    options = client.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (2.0, 3.0)
+    assert (options["socket_keepalive"], options["db"], options["port"]) == (True, 9, 1)
+    assert (options["ssl_cert_reqs"], options["ssl_ca_certs"]) == (
+        "none",
+        "/tmp/taskmesh-test-ca.pem",
+    )
+    assert options["retry"].get_retries() == 0
+    client.close()
+
+
+def test_a_unix_socket_client_takes_its_database_from_the_option_and_no_keepalive() -> None:
+    url = "unix:///tmp/taskmesh-test-absent.sock?db=3"
+    client = open_client(url, read_settings(url))
+    options = client.connection_pool.connection_kwargs
+    assert (options["path"], options["db"]) == ("/tmp/taskmesh-test-absent.sock", 3)
+    assert "socket_keepalive" not in options
+    client.close()
+
+
+def test_a_url_redis_py_refuses_is_a_configuration_error_without_the_password() -> None:
+    url = "http://:secret@127.0.0.1:1/0"
+    with pytest.raises(ConfigurationError, match="Cannot use Redis URL") as caught:
+        open_client(url, read_settings(url))
+    assert "secret" not in str(caught.value)
+
+
+def test_the_core_imports_without_redis_py() -> None:
+    # Only the Redis adapters may import taskmesh.redisurl: taskmesh must work
+    # without the redis extra installed.
+    script = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"
+        "import taskmesh, taskmesh.cli, taskmesh.worker\n"
+        "print(sorted(name for name in sys.modules if 'redis' in name))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['redis']"
 
 
 def test_constructing_does_not_connect_and_repr_hides_the_password() -> None:
@@ -102,7 +158,7 @@ def test_too_large_a_message_is_refused_before_any_call(monkeypatch: pytest.Monk
 
 
 def client(retry_timeout: float = 0) -> broker.RedisClient:
-    return broker.RedisClient(URL, broker.RedisSettings(retry_timeout=retry_timeout))
+    return broker.RedisClient(URL, RedisSettings(retry_timeout=retry_timeout))
 
 
 def failing(*errors: Exception) -> Callable[[], str]:
@@ -170,9 +226,3 @@ def test_without_retry_nothing_is_logged_for_the_worker_logs_it(
     ):
         client(retry_timeout=30).call("receive", failing(lost), retry=False)
     assert caplog.records == []
-
-
-def test_the_store_refuses_a_malformed_url_too() -> None:
-    with pytest.raises(ConfigurationError, match="port") as caught:
-        RedisResultStore("redis://:secret@127.0.0.1:port/0")
-    assert "secret" not in str(caught.value)
