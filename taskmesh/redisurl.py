@@ -75,8 +75,9 @@ def read_settings(url: str) -> RedisSettings:
         The options, with defaults for those the URL leaves out.
 
     Raises:
-        ConfigurationError: The port is not a number, or an option is unknown,
-            does not convert or is out of range.
+        ConfigurationError: The port is not a number, an option is unknown,
+            does not convert or is out of range, or the database is named both
+            in the path and by ``db``.
     """
     _check_port(url)
     settings = RedisSettings(**parse_options(url, _OPTIONS))
@@ -88,6 +89,13 @@ def read_settings(url: str) -> RedisSettings:
     if settings.ssl_cert_reqs not in _CERT_CHECKS:
         raise ConfigurationError(
             f"Option ssl_cert_reqs in {mask_url(url)} must be required, optional or none."
+        )
+    parts = urlsplit(url)
+    if settings.db is not None and parts.scheme != "unix" and parts.path.strip("/"):
+        # redis-py would quietly take the path's database and ignore the option.
+        raise ConfigurationError(
+            f"{mask_url(url)} names a database twice, in its path and in db={settings.db}; "
+            "keep one."
         )
     return settings
 

@@ -31,7 +31,8 @@ def test_defaults() -> None:
 
 def test_options_are_typed() -> None:
     settings = read_settings(
-        f"{URL}?key_prefix=app1:&socket_timeout=2.5&retry_timeout=0&db=4&ssl_cert_reqs=none"
+        "redis://:secret@127.0.0.1:1"
+        "?key_prefix=app1:&socket_timeout=2.5&retry_timeout=0&db=4&ssl_cert_reqs=none"
     )
     assert (settings.key_prefix, settings.socket_timeout, settings.retry_timeout) == (
         "app1:",
@@ -226,3 +227,11 @@ def test_without_retry_nothing_is_logged_for_the_worker_logs_it(
     ):
         client(retry_timeout=30).call("receive", failing(lost), retry=False)
     assert caplog.records == []
+
+
+def test_a_database_named_in_the_path_and_by_db_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="names a database twice") as caught:
+        read_settings("redis://:secret@127.0.0.1:6390/0?db=9")
+    assert "secret" not in str(caught.value)
+    assert read_settings("redis://127.0.0.1:6390?db=9").db == 9
+    assert read_settings("redis://127.0.0.1:6390/2").db is None
