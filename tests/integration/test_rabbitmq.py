@@ -8,6 +8,8 @@ and delayed messages only; and a lease ends when its channel closes.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from taskmesh.result import State, TaskRecord, task_key
 from taskmesh.transport import Delivery, Outgoing, Transport, connect
 from tests.integration.contract import TransportContract, receive_until, unique
 from tests.integration.harness import Scenario, scenario_context, wait_until
-from tests.servers import LOOPBACK, RabbitMQServer, free_port, rabbitmq_server
+from tests.servers import LOOPBACK, RABBITMQ_USER, RabbitMQServer, free_port, rabbitmq_server
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -219,6 +221,160 @@ def test_ack_many_skips_deliveries_of_a_lost_connection(rabbitmq: RabbitMQServer
         assert bodies(back) == {b"m2", b"m3"}
         assert other.receive([queue], 10, 0.5) == []
         other.ack_many(back)
+
+
+def drain(transport: Transport, queue: str, count: int, deadline: float = 60) -> list[bytes]:
+    """Receive and ack until ``count`` messages came or ``deadline`` passed; return bodies."""
+    taken: list[bytes] = []
+    end = time.monotonic() + deadline
+    while len(taken) < count and time.monotonic() < end:
+        try:
+            batch = transport.receive([queue], 500, 0.5)
+        except ConnectionLost:
+            continue  # a restarted broker: the next receive reconnects
+        transport.ack_many(batch)
+        taken += [delivery.body for delivery in batch]
+    return taken
+
+
+@pytest.mark.timeout(180)
+def test_publish_many_of_5000_delivers_each_exactly_once(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    sent = [f"m{i}".encode() for i in range(5000)]
+    with connect(rabbitmq.url) as transport:
+        transport.publish_many([Outgoing(queue, body, {"n": "1"}) for body in sent])
+        assert transport.size(queue) == 5000
+        got = drain(transport, queue, 5000)
+        assert got == sent  # one priority: publish order
+        assert transport.receive([queue], 10, 0.5) == []
+
+
+def test_publish_many_keeps_delays_and_priorities(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    with connect(rabbitmq.url) as transport:
+        sent = time.time()
+        transport.publish_many(
+            [
+                Outgoing(queue, b"later", delay=1.0),
+                Outgoing(queue, b"low", priority=0),
+                Outgoing(queue, b"high", priority=9),
+                Outgoing(queue, b"mid", priority=5),
+            ]
+        )
+        assert transport.size(queue) == 4
+        now = receive_until(transport, [queue], 3)
+        assert [delivery.body for delivery in now] == [b"high", b"mid", b"low"]
+        transport.ack_many(now)
+        [later] = receive_until(transport, [queue], 1)
+        assert later.body == b"later"
+        assert time.time() >= sent + 1.0
+        transport.ack(later)
+
+
+def test_publish_many_to_a_queue_deleted_under_it_declares_it_again(
+    rabbitmq: RabbitMQServer,
+) -> None:
+    queue = unique()
+    with connect(rabbitmq.url) as transport:
+        transport.publish_many([Outgoing(queue, b"first"), Outgoing(queue, b"second")])
+        assert drain(transport, queue, 2) == [b"first", b"second"]
+        transport.close()
+    with pika_channel(rabbitmq) as channel:
+        channel.queue_delete(queue)
+    with connect(rabbitmq.url) as transport:
+        transport.declare(queue)  # remembered as declared from here on
+        with pika_channel(rabbitmq) as channel:
+            channel.queue_delete(queue)
+        # The whole batch comes back unroutable, then goes again.
+        transport.publish_many([Outgoing(queue, f"m{i}".encode()) for i in range(20)])
+        assert drain(transport, queue, 20) == [f"m{i}".encode() for i in range(20)]
+        assert transport.receive([queue], 10, 0.5) == []
+
+
+def rabbitmqctl(server: RabbitMQServer, *arguments: str) -> None:
+    """Run ``rabbitmqctl`` against the test node, as its user.
+
+    Debian's wrapper resets ``HOME``, so the node's cookie is passed along.
+    """
+    cookie = (server.folder / ".erlang.cookie").read_text().strip()
+    subprocess.run(
+        ["rabbitmqctl", "-n", server.node, "--erlang-cookie", cookie, *arguments],
+        env=server.env(),
+        cwd=server.folder,
+        user=RABBITMQ_USER,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_publish_many_refused_by_a_queue_raises_and_spares_held_deliveries(
+    rabbitmq: RabbitMQServer,
+) -> None:
+    queue = unique("full")
+    rabbitmqctl(
+        rabbitmq,
+        "set_policy",
+        "--apply-to",
+        "queues",
+        queue,
+        f"^{queue}$",
+        '{"max-length": 2, "overflow": "reject-publish"}',
+    )
+    try:
+        with connect(f"{rabbitmq.url}?connect_timeout=1") as transport:
+            transport.publish(Outgoing(queue, b"held"))
+            [held] = receive_until(transport, [queue], 1)
+            batch = [Outgoing(queue, f"m{i}".encode()) for i in range(5)]
+            with pytest.raises(BrokerUnavailable, match="did not confirm a publish"):
+                transport.publish_many(batch)
+            # Only the transaction's channel closed: the held delivery is still
+            # this transport's to ack.
+            transport.ack(held)
+        with connect(rabbitmq.url) as other:
+            got = drain(other, queue, 3, deadline=3)
+            # Which of the batch the full queue kept is the broker's business:
+            # some, each once, and never the acked one.
+            assert 1 <= len(got) <= 2
+            assert len(set(got)) == len(got)
+            assert set(got) <= {message.body for message in batch}
+    finally:
+        rabbitmqctl(rabbitmq, "clear_policy", queue)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_publish_many_across_a_broker_restart_loses_nothing(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    sent = {f"m{i}".encode() for i in range(30_000)}
+    failure: list[BaseException] = []
+    url = f"{rabbitmq.url}?connect_timeout=120"
+
+    def publish() -> None:
+        try:
+            with connect(url) as transport:
+                transport.publish_many([Outgoing(queue, body) for body in sorted(sent)])
+        except BaseException as exc:  # reported by the test thread
+            failure.append(exc)
+
+    with connect(url) as transport:
+        transport.declare(queue)
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        try:
+            wait_until(lambda: transport.size(queue) >= 1000, 60, "the first batches")
+            assert publisher.is_alive(), "the batch ended before the restart: nothing tested"
+            rabbitmq.restart()
+        finally:
+            publisher.join(240)
+        assert not publisher.is_alive()
+        assert failure == []
+        got = drain(transport, queue, len(sent), deadline=180)
+        while batch := transport.receive([queue], 500, 1.0):  # the duplicates, if any
+            transport.ack_many(batch)
+            got += [delivery.body for delivery in batch]
+        assert set(got) == sent
 
 
 @contextlib.contextmanager
