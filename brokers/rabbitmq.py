@@ -108,7 +108,7 @@ from taskmesh.transport import (
 )
 from taskmesh.urls import mask_url, parse_options, split_options
 
-__all__ = ["DELAY_LEVELS_MS", "RabbitMQTransport", "ack_frames", "delay_level_ms"]
+__all__ = ["DELAY_LEVELS_MS", "RabbitMQTransport", "ack_frames", "delay_level_ms", "next_prefetch"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ _REDECLARE_SECONDS = 600.0
 # channel's memory until the commit, and a failed commit is retried whole.
 _BATCH_MESSAGES = 1000
 _BATCH_BYTES = 16 * 1024 * 1024
+
+# A quorum queue's prefetch is per consumer and binds only consumers started
+# after it, so shrinking it means cancelling and restarting them (and pika
+# requeues what was pushed but not yet dispatched): at most this often.
+_QUORUM_SHRINK_SECONDS = 60.0
 
 _BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 _DRIVER_ERRORS = (pika.exceptions.AMQPError, OSError)
@@ -204,6 +209,32 @@ def ack_frames(tags: Collection[int], unacked: Iterable[int]) -> list[tuple[int,
     frames = [(below[-1], len(below) > 1)] if below else []
     frames.extend((tag, False) for tag in ordered[len(below) :])
     return frames
+
+
+def next_prefetch(current: int, need: int, *, quorum: bool, since_change: float) -> int:
+    """Return the channel prefetch to set when the caller holds and asks for ``need``.
+
+    It grows at once to what is needed. It shrinks to ``need`` only once that
+    falls below half the current value, so a need that wavers does not
+    re-issue ``basic.qos`` on every receive, and on quorum queues, where a
+    change restarts the consumers, only if the last change is
+    ``_QUORUM_SHRINK_SECONDS`` old.
+
+    Args:
+        current: The prefetch in force (0: none set yet).
+        need: Deliveries the caller holds plus those it asks for now.
+        quorum: Whether the queues are quorum queues.
+        since_change: Seconds since the prefetch last changed.
+
+    Returns:
+        The prefetch, never below 1 (0 would mean no limit in AMQP).
+    """
+    need = max(1, need)
+    if need > current:
+        return need
+    if 2 * need >= current or (quorum and since_change < _QUORUM_SHRINK_SECONDS):
+        return current
+    return need
 
 
 def _batches(messages: Sequence[Outgoing]) -> Iterator[Sequence[Outgoing]]:
@@ -315,6 +346,7 @@ class RabbitMQTransport(Transport):
         self._declared: dict[str, float] = {}
         self._consuming: dict[str, str] = {}
         self._prefetch = 0
+        self._prefetch_changed_at = 0.0
         self._incoming: deque[_Incoming] = deque()
         self._outstanding: set[int] = set()
         # Every tag delivered on the channel and not acked yet: the caller's
@@ -769,13 +801,30 @@ class RabbitMQTransport(Transport):
     def _consume(self, channel: BlockingChannel, queues: Sequence[str], wanted: int) -> None:
         # The channel-wide prefetch counts unacked deliveries, so it must cover
         # those the caller still holds plus what it asks for now.
-        prefetch = self.prefetch_count or max(len(self._outstanding) + wanted, self._prefetch)
+        # Once the caller asks for less (its tasks got slower), a smaller
+        # prefetch stops the broker pushing messages that would wait here,
+        # unseen by other consumers. What was pushed already stays and is
+        # handed out first.
+        quorum = self.queue_type == "quorum"
+        prefetch = self.prefetch_count or next_prefetch(
+            self._prefetch,
+            len(self._outstanding) + wanted,
+            quorum=quorum,
+            since_change=time.monotonic() - self._prefetch_changed_at,
+        )
         if prefetch != self._prefetch:
-            if self.queue_type == "quorum":
+            if quorum:
                 self._restart_consumers(channel, prefetch)
             else:
                 channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+            logger.debug(
+                "broker prefetch set url=%s prefetch=%d previous=%d",
+                self.safe_url,
+                prefetch,
+                self._prefetch,
+            )
             self._prefetch = prefetch
+            self._prefetch_changed_at = time.monotonic()
         for queue in queues:
             if queue not in self._consuming:
                 self._ensure_declared(channel, queue)

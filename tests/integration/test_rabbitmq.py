@@ -377,6 +377,31 @@ def test_publish_many_across_a_broker_restart_loses_nothing(rabbitmq: RabbitMQSe
         assert set(got) == sent
 
 
+def test_a_consumer_asking_for_less_leaves_the_rest_to_another(rabbitmq: RabbitMQServer) -> None:
+    queue = unique()
+    sent = {f"m{i}".encode() for i in range(200)}
+    with connect(rabbitmq.url) as first, connect(rabbitmq.url) as second:
+        first.publish_many([Outgoing(queue, body) for body in sorted(sent)])
+        busy = receive_until(first, [queue], 40)  # a prefetch of 40
+        assert len(busy) == 40
+        first.ack_many(busy)
+        # Its tasks got slow: it asks for two at a time from now on. The 40 the
+        # broker pushed on the ack are handed out first, then the window is 2.
+        taken = [delivery.body for delivery in busy]
+        for _ in range(30):
+            batch = receive_until(first, [queue], 2)
+            first.ack_many(batch)
+            taken += [delivery.body for delivery in batch]
+        assert len(taken) == 100
+        # With the old window of 40 the first consumer would sit on 40 of the
+        # remaining 100; now it holds at most 2 of them.
+        rest = drain(second, queue, 98, deadline=30)
+        assert len(rest) >= 98
+        first.close()  # gives back what it still holds unseen
+        rest += drain(second, queue, 100 - len(rest), deadline=30)
+        assert sorted(taken + rest) == sorted(sent)
+
+
 @contextlib.contextmanager
 def pika_channel(server: RabbitMQServer) -> Iterator[Any]:
     """A plain pika channel on the server, to look at what the adapter made."""

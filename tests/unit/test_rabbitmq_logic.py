@@ -17,6 +17,7 @@ from taskmesh.brokers.rabbitmq import (
     ack_frames,
     delay_level_ms,
     delivery_count,
+    next_prefetch,
     user_headers,
 )
 from taskmesh.errors import ConfigurationError
@@ -105,6 +106,39 @@ def test_frames_settle_exactly_the_batch_and_no_more_frames_than_needed(
     floor = min(kept, default=max(unacked, default=0) + 1)
     below = [tag for tag in batch if tag < floor]
     assert len(frames) == min(1, len(below)) + len(batch) - len(below)
+
+
+def test_prefetch_grows_at_once_to_what_is_needed() -> None:
+    assert next_prefetch(0, 8, quorum=False, since_change=0) == 8
+    assert next_prefetch(8, 32, quorum=False, since_change=0) == 32
+    assert next_prefetch(8, 32, quorum=True, since_change=0) == 32
+
+
+def test_prefetch_shrinks_only_below_half() -> None:
+    assert next_prefetch(32, 16, quorum=False, since_change=0) == 32
+    assert next_prefetch(32, 20, quorum=False, since_change=0) == 32
+    assert next_prefetch(32, 15, quorum=False, since_change=0) == 15
+
+
+def test_a_quorum_prefetch_shrinks_only_a_minute_after_its_last_change() -> None:
+    assert next_prefetch(32, 4, quorum=True, since_change=5) == 32
+    assert next_prefetch(32, 4, quorum=True, since_change=61) == 4
+
+
+def test_prefetch_is_never_zero_which_amqp_reads_as_unlimited() -> None:
+    assert next_prefetch(0, 0, quorum=False, since_change=0) == 1
+    assert next_prefetch(8, 0, quorum=False, since_change=100) == 1
+
+
+@given(st.lists(st.integers(0, 64), min_size=1, max_size=50))
+def test_prefetch_covers_the_need_and_shrinks_only_past_half(needs: list[int]) -> None:
+    current = 0
+    for need in needs:
+        following = next_prefetch(current, need, quorum=False, since_change=0)
+        assert following >= max(1, need)
+        if following < current:
+            assert 2 * following < current
+        current = following
 
 
 def test_delivery_count_on_a_classic_queue_reads_the_header_and_the_redelivered_flag() -> None:
