@@ -11,8 +11,8 @@ Options (query string):
 - ``connect_timeout`` (float, default 10): how long connecting and publishing
   retry, with backoff, before :class:`~taskmesh.errors.BrokerUnavailable`;
 - ``prefetch_count`` (int, default 0): unacked messages the broker pushes to
-  one consumer; ``0`` takes it from the first ``receive`` (the worker's
-  concurrency times its prefetch multiplier);
+  one consumer; ``0`` follows each ``receive``: what the caller holds plus
+  asks for, grown at once and shrunk once below half (see :func:`next_prefetch`);
 - ``queue_type`` (``classic`` or ``quorum``, default ``classic``): the type of
   the work queues this adapter declares;
 - ``max_priority`` (int 0-9, default 9): ``x-max-priority`` of classic work
@@ -27,7 +27,11 @@ How it maps the broker interface (see ``docs/rabbitmq.md`` for the long form):
   any ``basic.nack`` without requeue lands in the durable queue ``Q.dead``.
   :meth:`Transport.reject` itself publishes there with the reason as a header;
 - publish: persistent messages, publisher confirms, ``mandatory``; a nack, an
-  unroutable return or a lost connection is retried until ``connect_timeout``;
+  unroutable return or a lost connection is retried until ``connect_timeout``.
+  Several at once go in AMQP transactions of up to 1,000 on a second channel,
+  one round trip per commit (:meth:`RabbitMQTransport.publish_many`);
+- ack: batches as one ``basic.ack`` with ``multiple`` where no delivery still
+  held lies below (:func:`ack_frames`);
 - receive: ``basic.consume`` with a channel-wide prefetch (per consumer on
   quorum queues); the lease is the unacked delivery, which RabbitMQ gives back
   when the channel or the connection closes (a dead worker);
