@@ -13,40 +13,14 @@ import uuid
 
 import pytest
 
-from taskmesh.transport import Delivery, Outgoing, Transport
 from taskmesh.worker.consumer import Consumer, ExecutorMode
 from tests.apps.scenario import create_app
-from tests.integration.contract import TransportContract, receive_until
+from tests.integration.contract import ConnectionLeaseContract
 from tests.servers import RabbitMQServer, RedisServer
 
 
-def drop_connection(transport: Transport) -> None:
-    """Close the transport's connection under it, as a network failure would."""
-    transport._drop()  # type: ignore[attr-defined]
-
-
-class BridgeContract(TransportContract):
-    """The contract, with the bridge's two documented differences."""
-
-    def let_lease_expire(self, transport: Transport, delivery: Delivery) -> None:
-        drop_connection(transport)
-
-    def test_size_counts_ready_delayed_and_leased(self, transport: Transport, queue: str) -> None:
-        transport.publish_many([Outgoing(queue, b"ready-1"), Outgoing(queue, b"held", delay=3600)])
-        transport.publish(Outgoing(queue, b"ready-2"))
-        [leased] = receive_until(transport, [queue], 1)
-        # Limitation: kombu counts ready messages only; the bridge adds the
-        # parked delayed ones, and cannot see unacked ones.
-        assert transport.size(queue) == 2
-        transport.ack(leased)
-
-    def test_purge_leaves_leased_messages(self, transport: Transport, queue: str) -> None:
-        transport.publish(Outgoing(queue, b"leased"))
-        [leased] = receive_until(transport, [queue], 1)
-        transport.publish_many([Outgoing(queue, b"ready"), Outgoing(queue, b"delayed", delay=3600)])
-        assert transport.purge(queue) == 2
-        assert transport.size(queue) == 0
-        transport.ack(leased)
+class BridgeContract(ConnectionLeaseContract):
+    """The contract on the bridge: leases and counts are kombu's, as on AMQP."""
 
 
 class TestKombuMemoryTransport(BridgeContract):

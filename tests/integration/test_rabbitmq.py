@@ -21,43 +21,22 @@ import pytest
 from taskmesh.errors import BrokerUnavailable, ConfigurationError, ConnectionLost, MessageTooLarge
 from taskmesh.result import State, TaskRecord, task_key
 from taskmesh.transport import Delivery, Outgoing, Transport, connect
-from tests.integration.contract import TransportContract, receive_until, unique
+from tests.integration.contract import (
+    ConnectionLeaseContract,
+    drop_connection,
+    receive_until,
+    unique,
+)
 from tests.integration.harness import Scenario, scenario_context, wait_until
 from tests.servers import LOOPBACK, RABBITMQ_USER, RabbitMQServer, free_port, rabbitmq_server
 
 pytestmark = pytest.mark.rabbitmq
 
 
-def drop_connection(transport: Transport) -> None:
-    """Close the transport's connection under it, as a network failure would."""
-    transport._drop()  # type: ignore[attr-defined]
-
-
-class TestRabbitMQTransport(TransportContract):
+class TestRabbitMQTransport(ConnectionLeaseContract):
     @pytest.fixture
     def transport_url(self, rabbitmq: RabbitMQServer) -> str:
         return rabbitmq.url
-
-    def let_lease_expire(self, transport: Transport, delivery: Delivery) -> None:
-        drop_connection(transport)
-
-    def test_size_counts_ready_delayed_and_leased(self, transport: Transport, queue: str) -> None:
-        transport.publish_many([Outgoing(queue, b"ready-1"), Outgoing(queue, b"held", delay=3600)])
-        transport.publish(Outgoing(queue, b"ready-2"))
-        [leased] = receive_until(transport, [queue], 1)
-        # Limitation: AMQP counts ready messages only; the delayed one is in a
-        # delay queue the adapter adds up, the leased one is not counted.
-        assert transport.size(queue) == 2
-        transport.ack(leased)
-
-    def test_purge_leaves_leased_messages(self, transport: Transport, queue: str) -> None:
-        transport.publish(Outgoing(queue, b"leased"))
-        [leased] = receive_until(transport, [queue], 1)
-        transport.publish_many([Outgoing(queue, b"ready"), Outgoing(queue, b"delayed", delay=3600)])
-        assert transport.purge(queue) == 2
-        assert transport.size(queue) == 0
-        transport.ack(leased)
-        assert transport.receive([queue], 1, 0.3) == []
 
 
 @pytest.mark.slow
@@ -475,23 +454,6 @@ def test_task_longer_than_ten_heartbeats_keeps_its_connection(
     assert amqp_scenario.lines("sleep-start") == ["long"]
     assert "broker connection lost" not in worker.output()
     assert server_log(rabbitmq).count("missed heartbeats") == missed_before
-
-
-def test_high_priority_runs_before_low_queued_earlier(amqp_scenario: Scenario) -> None:
-    amqp_scenario.settings["worker_prefetch_multiplier"] = 1
-    amqp_scenario.start_worker(1, "threads")
-    app = amqp_scenario.app
-    busy = app.send_task("scenario.sleep", [1.0, "busy"])
-    wait_until(lambda: amqp_scenario.lines("sleep-start"), 20, "the worker to be busy")
-    low = [app.build_envelope("scenario.mark", [f"low-{i}"], priority=0) for i in range(50)]
-    high = [app.build_envelope("scenario.mark", [f"high-{i}"], priority=9) for i in range(50)]
-    app.publish(low)
-    app.publish(high)
-    assert busy.get(timeout=30) == 1.0
-    ids = [envelope.id for envelope in low + high]
-    wait_until(lambda: succeeded(amqp_scenario, ids) == 100, 60, "all 100 tasks")
-    order = amqp_scenario.lines("mark")
-    assert order == [f"high-{i}" for i in range(50)] + [f"low-{i}" for i in range(50)]
 
 
 @pytest.mark.slow

@@ -390,20 +390,3 @@ def test_task_running_three_lease_periods_runs_once(redis_scenario: Scenario) ->
     assert result.get(timeout=60) == 6.5
     wait_until(lambda: queue_size(redis_scenario) == 0, 20, "the message to be acked")
     assert redis_scenario.lines("sleep-start") == ["long"]
-
-
-def test_high_priority_runs_before_low_queued_earlier(redis_scenario: Scenario) -> None:
-    redis_scenario.settings["worker_prefetch_multiplier"] = 1
-    redis_scenario.start_worker(1, "threads")
-    app = redis_scenario.app
-    busy = app.send_task("scenario.sleep", [1.0, "busy"])
-    wait_until(lambda: redis_scenario.lines("sleep-start"), 20, "the worker to be busy")
-    low = [app.build_envelope("scenario.mark", [f"low-{i}"], priority=0) for i in range(50)]
-    high = [app.build_envelope("scenario.mark", [f"high-{i}"], priority=9) for i in range(50)]
-    app.publish(low)
-    app.publish(high)
-    assert busy.get(timeout=30) == 1.0
-    ids = [envelope.id for envelope in low + high]
-    wait_until(lambda: all_succeeded(redis_scenario, ids), 60, "all 100 tasks")
-    order = redis_scenario.lines("mark")
-    assert order == [f"high-{i}" for i in range(50)] + [f"low-{i}" for i in range(50)]

@@ -201,3 +201,23 @@ def test_messages_prefetched_beside_a_worker_killer_still_run(scenario: Scenario
     assert [r.get(timeout=90) for r in innocents] == [0, 2, 4, 6, 8]
     with pytest.raises(TaskRevoked, match="started 2 times"):
         killer.get(timeout=60)
+
+
+def test_high_priority_runs_before_low_queued_earlier(scenario: Scenario) -> None:
+    with scenario.app.connect_broker() as transport:
+        if not transport.capabilities.priorities:
+            pytest.skip("the broker has no priorities (documented)")
+    scenario.settings["worker_prefetch_multiplier"] = 1
+    scenario.start_worker(1, "threads")
+    app = scenario.app
+    busy = app.send_task("scenario.sleep", [1.0, "busy"])
+    wait_until(lambda: scenario.lines("sleep-start"), 20, "the worker to be busy")
+    low = [app.build_envelope("scenario.mark", [f"low-{i}"], priority=0) for i in range(50)]
+    high = [app.build_envelope("scenario.mark", [f"high-{i}"], priority=9) for i in range(50)]
+    app.publish(low)
+    app.publish(high)
+    assert busy.get(timeout=30) == 1.0
+    for envelope in low + high:
+        app.AsyncResult(envelope.id).get(timeout=60)
+    order = scenario.lines("mark")
+    assert order == [f"high-{i}" for i in range(50)] + [f"low-{i}" for i in range(50)]
