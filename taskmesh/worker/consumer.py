@@ -8,7 +8,10 @@ Threads in a consumer process:
   leases of every held message alive, and enforces time limits;
 - *executors* take screened jobs from the buffer and run them: the process's
   main thread in a prefork child (so the soft time limit can interrupt
-  blocking calls through ``SIGALRM``), or N threads in the threads pool.
+  blocking calls through ``SIGALRM``), or N threads in the threads pool;
+- the *writer thread* stores the result records executors hand it, those that
+  arrive together in one call, then passes their jobs to the loop thread to be
+  acked: a message is never acked before its result is stored.
 
 Only the loop thread touches the consumer's transport, so adapters need no
 locks. Executors publish retries and callbacks through the app's per-thread
@@ -89,7 +92,7 @@ class _Abandoned(BaseException):
 
 @dataclass(eq=False)
 class _Write:
-    """Finished jobs whose result records the loop thread writes before settling them."""
+    """Finished jobs whose result records the writer thread stores before they are settled."""
 
     records: list[tuple[str, bytes, bool]]
     jobs: list[tuple[Job, Verdict]]
@@ -184,7 +187,9 @@ class Consumer:
         self.max_deliveries: int = app.conf.task_max_deliveries
         self.shutdown_timeout: float = app.conf.worker_shutdown_timeout
         self._buffer = _Buffer()
-        self._done: queue.SimpleQueue[tuple[Job, Verdict] | _Write] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[Job, Verdict]] = queue.SimpleQueue()
+        # Result records on their way to the store, written by the writer thread.
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._held: dict[int, Job] = {}
         self._unsettled: list[tuple[Job, Verdict]] = []
         self._running: dict[int, Job] = {}
@@ -208,6 +213,8 @@ class Consumer:
             self._transport.declare(name)
         self._loop_thread = threading.Thread(target=self._loop, name="taskmesh-loop", daemon=True)
         self._loop_thread.start()
+        writer = threading.Thread(target=self._writer, name="taskmesh-results", daemon=True)
+        writer.start()
         if self.mode is ExecutorMode.MAIN:
             self._install_soft_limit_handler()
             self._executor()
@@ -254,7 +261,7 @@ class Consumer:
             waiting.clear()
 
         batch = ResultBatch(self.app, on_flush)
-        while (job := self._next_job(batch, waiting)) is not None:
+        while (job := self._buffer.take()) is not None:
             try:
                 verdict = execute(
                     self.app,
@@ -282,23 +289,36 @@ class Consumer:
                 )
                 verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
             waiting.append((job, verdict))
-            if not batch:
+            if batch:
+                # The writer thread stores the records, batched with whatever
+                # else waits, then passes the jobs on to be acked; this
+                # executor runs on meanwhile.
+                self._writes.put(_Write(batch.take(), list(waiting)))
+                waiting.clear()
+            else:
                 on_flush(True)
 
-    def _next_job(self, batch: ResultBatch, waiting: list[tuple[Job, Verdict]]) -> Job | None:
-        """Take the next job, handing held results to the loop thread first if due.
+    def _writer(self) -> None:
+        """Store handed-over result records, then hand their jobs to the loop thread.
 
-        The loop thread writes them (with other executors' records, in one
-        call) and only then settles their messages, while this executor runs
-        on. They are handed over once they cover this executor's share of half
-        the window, so the loop can ack and fetch more before the buffer runs
-        dry, or when no job is waiting.
+        Group commit: records that arrive while a write is under way go
+        together in the next one, so a busy worker writes many per call and an
+        idle one writes each at once.
         """
-        share = max(1, self._refill // self.concurrency)
-        if batch and (batch.full or len(batch) >= share or not len(self._buffer)):
-            self._done.put(_Write(batch.take(), list(waiting)))
-            waiting.clear()
-        return self._buffer.take()
+        while (first := self._writes.get()) is not None:
+            writes = [first]
+            stop = False
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._writes.get_nowait()
+                    if item is None:
+                        stop = True
+                        break
+                    writes.append(item)
+            for pair in self._write_results(writes):
+                self._done.put(pair)
+            if stop:
+                return
 
     @staticmethod
     def _flush(batch: ResultBatch) -> None:
@@ -384,6 +404,7 @@ class Consumer:
             self._crashed = True
             self._stopping.set()
             self._buffer.close()
+            self._writes.put(None)
         finally:
             self._finished.set()
 
@@ -567,32 +588,18 @@ class Consumer:
             finished.pop(0)
 
     def _collect(self, finished: list[tuple[Job, Verdict]], *, block: bool) -> None:
-        """Move finished jobs into ``finished``, writing handed-over results first."""
-        writes: list[_Write] = []
+        """Move finished jobs into ``finished``; with ``block``, wait for enough of them."""
         need = max(1, self._refill - (self.capacity - len(self._held))) if block else 0
         try:
-            while len(finished) + sum(len(write.jobs) for write in writes) < need:
+            while len(finished) < need:
                 wait = max(0.01, min(0.5, self._next_limit_in()))
-                self._sort(self._done.get(timeout=wait), finished, writes)
+                finished.append(self._done.get(timeout=wait))
                 if not len(self._buffer):
                     break
             while True:
-                self._sort(self._done.get_nowait(), finished, writes)
+                finished.append(self._done.get_nowait())
         except queue.Empty:
             pass
-        if writes:
-            finished.extend(self._write_results(writes))
-
-    @staticmethod
-    def _sort(
-        item: tuple[Job, Verdict] | _Write,
-        finished: list[tuple[Job, Verdict]],
-        writes: list[_Write],
-    ) -> None:
-        if isinstance(item, _Write):
-            writes.append(item)
-        else:
-            finished.append(item)
 
     def _write_results(self, writes: Sequence[_Write]) -> list[tuple[Job, Verdict]]:
         """Store the records of ``writes`` in one call; their jobs are then finished.
@@ -606,13 +613,15 @@ class Consumer:
             if records:
                 ResultBatch.write(self.app, records)
         except Exception as error:
-            for job, _ in jobs:
-                logger.warning(
-                    "task outcome not stored, message given back name=%s id=%s error=%s",
-                    job.task.name,
-                    job.envelope.id,
-                    error,
-                )
+            # One line per failed write, not per task: an outage fails many.
+            ids = ", ".join(f"{job.task.name}[{job.envelope.id}]" for job, _ in jobs[:5])
+            logger.warning(
+                "task outcomes not stored, messages given back count=%d tasks=%s%s error=%s",
+                len(jobs),
+                ids,
+                " ..." if len(jobs) > 5 else "",
+                error,
+            )
             given_back = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
             return [(job, given_back) for job, _ in jobs]
         return jobs
@@ -753,6 +762,7 @@ class Consumer:
                 len(self._held),
             )
         self._buffer.close()
+        self._writes.put(None)
         transport.close()
 
 

@@ -210,7 +210,7 @@ def test_a_result_write_that_fails_gives_the_messages_back_to_run_again(
         def set_many(
             self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float
         ) -> None:
-            if failures[0] > 0 and threading.current_thread().name == "taskmesh-loop":
+            if failures[0] > 0 and threading.current_thread().name == "taskmesh-results":
                 failures[0] -= 1
                 raise ResultError("store went away", self.safe_url)
             super().set_many(items, expires_seconds=expires_seconds)
@@ -224,6 +224,37 @@ def test_a_result_write_that_fails_gives_the_messages_back_to_run_again(
     results = [app.send_task("unit.add", [i, i]) for i in range(20)]
     run_counting(app, monkeypatch, results)
     assert [r.get(timeout=1) for r in results] == [2 * i for i in range(20)]
-    assert failures == [0], "the loop thread never wrote a handed-over batch"
+    assert failures == [0], "the writer thread never wrote a handed-over batch"
     assert app.transport().size("default") == 0, "a message was lost or left unacked"
-    assert "task outcome not stored, message given back" in caplog.text
+    assert "task outcomes not stored, messages given back" in caplog.text
+
+
+def test_a_finished_result_is_stored_while_a_slow_task_runs_behind_it(app: TaskMesh) -> None:
+    release = threading.Event()
+
+    @app.task(name="unit.hold")
+    def hold() -> bool:
+        return release.wait(20)  # the workload: runs until the test lets it go
+
+    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        # Fast tasks first, so the window is wide and results could be held.
+        warm = [app.send_task("unit.add", [i, i]) for i in range(100)]
+        assert [r.get(timeout=10) for r in warm] == [2 * i for i in range(100)]
+        assert consumer.capacity > 2
+        fast = app.build_envelope("unit.add", [20, 22])
+        slow = app.build_envelope("unit.hold")
+        app.publish([fast, slow])
+        # Both arrive in one receive; the fast one's result must not wait in
+        # the executor for the slow one to end.
+        assert app.AsyncResult(fast.id).get(timeout=10) == 42
+        assert not app.AsyncResult(slow.id).ready()
+    finally:
+        release.set()
+        consumer.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert app.AsyncResult(slow.id).get(timeout=1) is True
+
