@@ -134,6 +134,14 @@ class _Buffer:
                 self._cond.wait()
             return self._jobs.popleft() if self._jobs else None
 
+    def take_newest(self, count: int) -> list[Job]:
+        """Remove and return up to ``count`` jobs from the end of the buffer."""
+        with self._cond:
+            taken = []
+            while self._jobs and len(taken) < count:
+                taken.append(self._jobs.pop())
+            return taken
+
     def drain(self) -> list[Job]:
         with self._cond:
             jobs = list(self._jobs)
@@ -569,7 +577,8 @@ class Consumer:
         self._collect(finished, block=block)
         if not finished:
             return
-        self._resize(finished)
+        if self._resize(finished):
+            self._shed(transport)
         acks = [
             job.delivery
             for job, verdict in finished
@@ -626,14 +635,30 @@ class Consumer:
             return [(job, given_back) for job, _ in jobs]
         return jobs
 
-    def _resize(self, finished: Sequence[tuple[Job, Verdict]]) -> None:
+    def _shed(self, transport: Transport) -> None:
+        """Give back buffered messages beyond a window that just shrank.
+
+        They were taken while tasks were fast; now that a task is slow they
+        would wait behind it while another worker could run them.
+        """
+        excess = len(self._held) - len(self._unsettled) - self.capacity
+        jobs = self._buffer.take_newest(excess) if excess > 0 else []
+        for job in jobs:
+            self._held.pop(id(job), None)
+            if not job.acked:
+                transport.requeue(job.delivery)
+        if jobs:
+            logger.debug("prefetched messages given back after a slow task count=%d", len(jobs))
+
+    def _resize(self, finished: Sequence[tuple[Job, Verdict]]) -> bool:
         """Fit the prefetch window to how long tasks take.
 
         Fast tasks get the whole window (``worker_prefetch_multiplier`` per
         executor), so one receive and one ack cover many tasks. Slow ones get
         only as many waiting messages as an executor finishes in
         ``_WAITING_SECONDS``, down to none: a message held behind a long task
-        would wait there while another worker idles.
+        would wait there while another worker idles. Returns whether the
+        window shrank.
         """
         average = self._task_seconds
         for job, _ in finished:
@@ -643,13 +668,15 @@ class Consumer:
                 else:
                     average += (job.seconds - average) * _DURATION_WEIGHT
         if average is None:
-            return
+            return False
         self._task_seconds = average
         waiting = int(_WAITING_SECONDS / max(average, 1e-6)) * self.concurrency
         capacity = max(self.concurrency, min(self.max_capacity, self.concurrency + waiting))
+        shrunk = capacity < self.capacity
         if capacity != self.capacity:
             self.capacity = capacity
             self._refill = max(1, capacity // 2)
+        return shrunk
 
     def _extend_leases(self, transport: Transport) -> None:
         if not transport.capabilities.lease_extension:

@@ -258,3 +258,41 @@ def test_a_finished_result_is_stored_while_a_slow_task_runs_behind_it(app: TaskM
     assert not thread.is_alive()
     assert app.AsyncResult(slow.id).get(timeout=1) is True
 
+
+class Requeues(MemoryTransport):
+    """Counts the messages the consumer gives back."""
+
+    given_back = 0
+
+    def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        Requeues.given_back += 1
+        super().requeue(delivery, delay)
+
+
+def test_a_window_that_shrinks_gives_back_what_it_took_while_tasks_were_fast(
+    app: TaskMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task(name="unit.nap")
+    def nap() -> None:
+        time.sleep(0.3)  # the workload: slower than the 0.1 s of waiting work
+
+    Requeues.given_back = 0
+    monkeypatch.setattr(app, "connect_broker", lambda: Requeues(app.conf.broker_url))
+    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        warm = [app.send_task("unit.add", [i, i]) for i in range(100)]
+        assert [r.get(timeout=10) for r in warm] == [2 * i for i in range(100)]
+        wide = consumer.capacity
+        naps = [app.build_envelope("unit.nap") for _ in range(6)]
+        app.publish(naps)
+        for envelope in naps:
+            app.AsyncResult(envelope.id).get(timeout=20)
+    finally:
+        consumer.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert wide > 2
+    assert consumer.capacity == 1
+    assert Requeues.given_back >= 1, "the naps taken while the window was wide were kept"
