@@ -137,7 +137,7 @@ class _Buffer:
     def take_newest(self, count: int) -> list[Job]:
         """Remove and return up to ``count`` jobs from the end of the buffer."""
         with self._cond:
-            taken = []
+            taken: list[Job] = []
             while self._jobs and len(taken) < count:
                 taken.append(self._jobs.pop())
             return taken
