@@ -252,23 +252,7 @@ class Consumer:
         thread.start()
 
     def _executor(self) -> None:
-        # Finished jobs whose result waits in the batch: they are handed to the
-        # loop thread for acking only once the batch is written.
-        waiting: list[tuple[Job, Verdict]] = []
-
-        def on_flush(stored: bool) -> None:
-            for job, verdict in waiting:
-                if not stored:
-                    logger.warning(
-                        "task outcome not stored, message given back name=%s id=%s",
-                        job.task.name,
-                        job.envelope.id,
-                    )
-                    verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
-                self._done.put((job, verdict))
-            waiting.clear()
-
-        batch = ResultBatch(self.app, on_flush)
+        batch = ResultBatch(self.app)
         while (job := self._buffer.take()) is not None:
             try:
                 verdict = execute(
@@ -281,7 +265,8 @@ class Consumer:
                     batch=batch,
                 )
             except _Abandoned:
-                self._flush(batch)
+                # The hard time limit already stored this task's failure and
+                # started another executor; the batch is empty between tasks.
                 return
             except Exception as error:
                 # execute() stores every task outcome; what reaches here failed
@@ -296,15 +281,13 @@ class Consumer:
                     exc_info=logger.isEnabledFor(logging.DEBUG),
                 )
                 verdict = Verdict(Action.REQUEUE, "outcome not stored", State.PENDING)
-            waiting.append((job, verdict))
             if batch:
-                # The writer thread stores the records, batched with whatever
-                # else waits, then passes the jobs on to be acked; this
-                # executor runs on meanwhile.
-                self._writes.put(_Write(batch.take(), list(waiting)))
-                waiting.clear()
+                # The writer thread stores the held records, with whatever else
+                # waits, then passes the job on to be acked; this executor runs
+                # on meanwhile.
+                self._writes.put(_Write(batch.take(), [(job, verdict)]))
             else:
-                on_flush(True)
+                self._done.put((job, verdict))
 
     def _writer(self) -> None:
         """Store handed-over result records, then hand their jobs to the loop thread.
@@ -327,14 +310,6 @@ class Consumer:
                 self._done.put(pair)
             if stop:
                 return
-
-    @staticmethod
-    def _flush(batch: ResultBatch) -> None:
-        try:
-            batch.flush()
-        except Exception:
-            # on_flush(False) already gave the jobs back and logged each one.
-            logger.warning("result batch not stored", exc_info=True)
 
     @contextmanager
     def _limits(self, job: Job) -> Iterator[None]:

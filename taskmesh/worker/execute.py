@@ -112,59 +112,29 @@ def _json_args(exc: BaseException) -> list[Any] | None:
 
 
 class ResultBatch:
-    """Result records held briefly so that several tasks' records go in one write.
+    """A task's result records held while it runs, for the worker's writer to store.
 
     A worker's executor passes one to :func:`execute`. The SUCCESS record of a
-    task that no canvas step waits on is held here, and goes to the store with
-    the next task's STARTED record, or on its own once no task is waiting or
-    the batch is full: one write per task instead of two, or one per batch.
-    After each write, ``on_flush(True)`` lets the executor hand the finished
-    messages over to be acked; a message is never acked before its result is
-    stored. If the write fails, ``on_flush(False)`` tells it the held records
-    are lost (their messages must run again), and the error propagates.
+    task that no canvas step waits on is held here; after the task the executor
+    takes it (:meth:`take`) and hands it to the consumer's writer thread, which
+    writes the records of several tasks in one call (:meth:`write`) before
+    their messages are acked. Records that must be stored before anything else
+    happens (STARTED, failures, records a canvas step reads) never wait here.
 
     Args:
         app: The app whose result store receives the records.
-        on_flush: Called after every flush with whether the write succeeded.
-        limit: Records held before :attr:`full` turns true.
     """
 
-    def __init__(
-        self, app: TaskMesh, on_flush: Callable[[bool], None] | None = None, limit: int = 100
-    ) -> None:
+    def __init__(self, app: TaskMesh) -> None:
         self.app = app
-        self.on_flush = on_flush
-        self.limit = limit
         self._items: list[tuple[str, bytes, bool]] = []
 
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def full(self) -> bool:
-        """Whether the batch holds ``limit`` records or more."""
-        return len(self._items) >= self.limit
-
     def add(self, record: TaskRecord) -> None:
-        """Hold ``record`` until the next :meth:`flush`."""
+        """Hold ``record`` until it is taken."""
         self._items.append((task_key(record.task_id), record.to_bytes(), record.ready))
-
-    def flush(self) -> None:
-        """Write every held record in one call to the store.
-
-        Raises:
-            ResultError: The store failed; the held records are dropped.
-        """
-        items = self.take()
-        if items:
-            try:
-                self.write(self.app, items)
-            except Exception:
-                if self.on_flush is not None:
-                    self.on_flush(False)
-                raise
-        if self.on_flush is not None:
-            self.on_flush(True)
 
     def take(self) -> list[tuple[str, bytes, bool]]:
         """Return the held records and forget them, for another thread to :meth:`write`."""
@@ -334,7 +304,7 @@ def _run(
         follow_up(canvas.after_failure, app, envelope, error)
         return Verdict(Action.REJECT, misfit, State.FAILURE, error)
     if delivery_count > 1 and not eager:
-        poisoned = _count_start(app, task, envelope, hostname, batch)
+        poisoned = _count_start(app, task, envelope, hostname)
         if poisoned is not None:
             return poisoned
     elif app.conf.task_track_started and not task.ignore_result:
@@ -348,12 +318,7 @@ def _run(
                 retries=envelope.retries,
                 worker=hostname or None,
             ),
-            batch,
         )
-        if batch is not None:
-            # STARTED must be stored before the task runs; the previous
-            # task's held SUCCESS goes in the same write.
-            batch.flush()
     task.push_request(make_request(envelope, hostname, delivery_count, eager))
     started = time.perf_counter()
     try:
@@ -383,7 +348,6 @@ def _count_start(
     task: Task[Any, Any],
     envelope: Envelope,
     hostname: str,
-    batch: ResultBatch | None,
 ) -> Verdict | None:
     """Count a redelivered message's start; refuse it past ``task_max_deliveries``.
 
@@ -394,8 +358,6 @@ def _count_start(
     keep no result), and the start after the limit is dead-lettered instead.
     Only redeliveries pay for the extra read.
     """
-    if batch is not None:
-        batch.flush()
     store = app.result_store()
     raw = store.get(task_key(envelope.id))
     previous = TaskRecord.from_bytes(raw) if raw is not None else None
