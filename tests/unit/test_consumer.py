@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pytest
@@ -141,19 +142,34 @@ class Counting(MemoryTransport):
         self._acked_once = True
 
 
-def run_counting(app: TaskMesh, monkeypatch: pytest.MonkeyPatch, results: list[Any]) -> None:
-    Counting.held_after_first_ack, Counting.asked = [], []
-    monkeypatch.setattr(app, "connect_broker", lambda: Counting(app.conf.broker_url))
+@contextmanager
+def consuming(app: TaskMesh) -> Iterator[Consumer]:
+    """A one-executor consumer running in a thread, stopped on the way out."""
     consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
-        for result in results:
-            result.get(timeout=20)
+        yield consumer
     finally:
         consumer.stop()
         thread.join(10)
     assert not thread.is_alive(), "the consumer did not stop"
+
+
+def widen(app: TaskMesh, consumer: Consumer) -> int:
+    """Run fast tasks until the window is wide; return its size."""
+    warm = [app.send_task("unit.add", [i, i]) for i in range(100)]
+    assert [r.get(timeout=10) for r in warm] == [2 * i for i in range(100)]
+    assert consumer.capacity > 2
+    return consumer.capacity
+
+
+def run_counting(app: TaskMesh, monkeypatch: pytest.MonkeyPatch, results: list[Any]) -> None:
+    Counting.held_after_first_ack, Counting.asked = [], []
+    monkeypatch.setattr(app, "connect_broker", lambda: Counting(app.conf.broker_url))
+    with consuming(app):
+        for result in results:
+            result.get(timeout=20)
 
 
 def test_fast_tasks_widen_the_prefetch_window_to_the_multiplier(
@@ -236,26 +252,19 @@ def test_a_finished_result_is_stored_while_a_slow_task_runs_behind_it(app: TaskM
     def hold() -> bool:
         return release.wait(20)  # the workload: runs until the test lets it go
 
-    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    try:
-        # Fast tasks first, so the window is wide and results could be held.
-        warm = [app.send_task("unit.add", [i, i]) for i in range(100)]
-        assert [r.get(timeout=10) for r in warm] == [2 * i for i in range(100)]
-        assert consumer.capacity > 2
-        fast = app.build_envelope("unit.add", [20, 22])
-        slow = app.build_envelope("unit.hold")
-        app.publish([fast, slow])
-        # Both arrive in one receive; the fast one's result must not wait in
-        # the executor for the slow one to end.
-        assert app.AsyncResult(fast.id).get(timeout=10) == 42
-        assert not app.AsyncResult(slow.id).ready()
-    finally:
-        release.set()
-        consumer.stop()
-        thread.join(10)
-    assert not thread.is_alive()
+    with consuming(app) as consumer:
+        try:
+            # Fast tasks first, so the window is wide and results could be held.
+            widen(app, consumer)
+            fast = app.build_envelope("unit.add", [20, 22])
+            slow = app.build_envelope("unit.hold")
+            app.publish([fast, slow])
+            # Both arrive in one receive; the fast one's result must not wait
+            # in the executor for the slow one to end.
+            assert app.AsyncResult(fast.id).get(timeout=10) == 42
+            assert not app.AsyncResult(slow.id).ready()
+        finally:
+            release.set()
     assert app.AsyncResult(slow.id).get(timeout=1) is True
 
 
@@ -278,21 +287,12 @@ def test_a_window_that_shrinks_gives_back_what_it_took_while_tasks_were_fast(
 
     Requeues.given_back = 0
     monkeypatch.setattr(app, "connect_broker", lambda: Requeues(app.conf.broker_url))
-    consumer = Consumer(app, ["default"], concurrency=1, mode=ExecutorMode.THREADS)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    try:
-        warm = [app.send_task("unit.add", [i, i]) for i in range(100)]
-        assert [r.get(timeout=10) for r in warm] == [2 * i for i in range(100)]
-        wide = consumer.capacity
+    with consuming(app) as consumer:
+        wide = widen(app, consumer)
         naps = [app.build_envelope("unit.nap") for _ in range(6)]
         app.publish(naps)
         for envelope in naps:
             app.AsyncResult(envelope.id).get(timeout=20)
-    finally:
-        consumer.stop()
-        thread.join(10)
-    assert not thread.is_alive()
     assert wide > 2
     assert consumer.capacity == 1
     assert Requeues.given_back >= 1, "the naps taken while the window was wide were kept"
