@@ -378,9 +378,7 @@ class KombuTransport(Transport):
         deadline = time.monotonic() + timeout
         taken: list[Delivery] = []
         while True:
-            if time.time() >= self._next_delay_check:
-                self._next_delay_check = time.time() + self.delay_check_interval
-                self._move_due(queues)
+            self._move_due_when_time(queues)
             while self._incoming and len(taken) < max_messages:
                 delivery = self._accept(*self._incoming.popleft())
                 if delivery is not None:
@@ -393,6 +391,14 @@ class KombuTransport(Transport):
                 self._connection.drain_events(timeout=max(0.01, wait))
             except TimeoutError:
                 pass
+
+    def _move_due_when_time(self, queues: Sequence[str]) -> bool:
+        """Move parked delayed messages that are due, once per ``delay_check_interval``."""
+        if time.time() < self._next_delay_check:
+            return False
+        self._next_delay_check = time.time() + self.delay_check_interval
+        self._move_due(queues)
+        return True
 
     def _receive_polling(
         self, queues: Sequence[str], max_messages: int, timeout: float
@@ -410,9 +416,7 @@ class KombuTransport(Transport):
         deadline = time.monotonic() + timeout
         taken: list[Delivery] = []
         while True:
-            if time.time() >= self._next_delay_check:
-                self._next_delay_check = time.time() + self.delay_check_interval
-                self._move_due(queues)
+            if self._move_due_when_time(queues):
                 # Without kombu's consumer loop nothing else gives back the
                 # messages of consumers that died.
                 channel.qos.restore_visible(num=100, interval=1)
