@@ -194,9 +194,8 @@ class Config:
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_values", {})
-        object.__setattr__(self, "_finalized", False)
-        # Once finalized, every value is read here: no environment lookup and
-        # no conversion on a worker's hot path.
+        # Set when finalized: every value, read here with no environment
+        # lookup and no conversion on a worker's hot path.
         object.__setattr__(self, "_frozen", None)
         for name, value in (overrides or {}).items():
             self[name] = value
@@ -224,7 +223,7 @@ class Config:
         return dict(default) if isinstance(default, dict) else default
 
     def __setitem__(self, name: str, value: Any) -> None:
-        if self._finalized:
+        if self._frozen is not None:
             raise ConfigurationError(
                 f"Cannot set {name!r}: the app is finalized (a worker or beat started). "
                 "Configure the app before starting it."
@@ -257,7 +256,6 @@ class Config:
                         f"Environment variable {variable} names no setting.{hint}"
                     )
         values = {name: self[name] for name in SETTINGS}
-        object.__setattr__(self, "_finalized", True)
         object.__setattr__(self, "_frozen", values)
 
     def as_dict(self) -> dict[str, Any]:

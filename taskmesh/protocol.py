@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import json
-import operator
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -155,11 +154,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
 _DEFAULTS = {
     f.name: f.default for f in fields(Envelope) if isinstance(f.default, (int, float, str))
 }
-# The fields written only when they differ from their default, read in one call.
-_OPTIONAL = tuple(name for name in _FIELDS if name not in ("args", "kwargs"))
-_READ_OPTIONAL = operator.attrgetter(*_OPTIONAL)
-_OPTIONAL_DEFAULTS = tuple(_DEFAULTS.get(name) for name in _OPTIONAL)
-_EMPTY: tuple[Any, ...] = ((), {})
 
 
 class Codec:
@@ -199,9 +193,11 @@ class Codec:
                 message names the task and the offending type.
         """
         data: dict[str, Any] = {"v": PROTOCOL_VERSION}
-        values = _READ_OPTIONAL(envelope)
-        for name, value, default in zip(_OPTIONAL, values, _OPTIONAL_DEFAULTS, strict=True):
-            if value != default and value not in _EMPTY:
+        for name in _FIELDS:
+            value = getattr(envelope, name)
+            if name in ("args", "kwargs"):
+                continue
+            if value != _DEFAULTS.get(name, None) and value not in ((), {}):
                 data[name] = value
         arguments = [list(envelope.args), dict(envelope.kwargs)]
         try:
