@@ -10,10 +10,10 @@ How it keeps its promises:
 - a value is one string key written with ``SET ... PX``, so Redis drops it
   when ``expires_seconds`` (the core passes ``result_expires``) runs out;
 - ``set(..., notify=True)`` writes and publishes on the key's channel in one
-  ``MULTI`` transaction. ``wait`` subscribes first, then reads, then sleeps on
-  the subscription, so a result stored between the read and the sleep still
-  wakes it; it reads again every few seconds in case a notification was lost
-  with a connection. No busy polling;
+  script call (``set_many`` does the same for a batch). ``wait`` subscribes
+  first, then reads, then sleeps on the subscription, so a result stored
+  between the read and the sleep still wakes it; it reads again every few
+  seconds in case a notification was lost with a connection. No busy polling;
 - ``add_member`` is ``SADD``, ``PEXPIRE`` and ``SCARD`` in one transaction, so
   concurrent callers see sizes 1, 2, ... n and a member added twice counts once;
 - ``claim`` is ``SET NX`` with a token of its own, so a retry after a lost
@@ -159,15 +159,7 @@ class RedisResultStore(ResultStore):
         Raises:
             ResultError: Redis stayed unreachable for ``retry_timeout``.
         """
-
-        def write() -> None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(self._key(key), value, px=_milliseconds(expires_seconds))
-            if notify:
-                pipe.publish(self._channel(key), b"1")
-            pipe.execute()
-
-        self._call("set", write)
+        self.set_many([(key, value, notify)], expires_seconds=expires_seconds)
 
     def set_many(self, items: Sequence[tuple[str, bytes, bool]], *, expires_seconds: float) -> None:
         """Store several ``(key, value, notify)`` items in one script call.
